@@ -1,0 +1,732 @@
+//! Decision tests: given events, when a command, then events or an error.
+
+use qm_proto::*;
+
+use super::*;
+
+fn id<T: std::str::FromStr>(raw: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    raw.parse().expect("test ids are valid")
+}
+
+fn acme() -> OrgId {
+    id("acme")
+}
+fn alice() -> Actor {
+    Actor::Person(id("alice"))
+}
+fn provisioner() -> Actor {
+    Actor::Service("provisioner".into())
+}
+fn sealed() -> SealedCredentials {
+    SealedCredentials { key_id: 1, nonce: vec![1; 24], ciphertext: vec![2; 40] }
+}
+
+fn given(events: &[Event]) -> OrgState {
+    let mut state = OrgState::default();
+    for event in events {
+        state.evolve(event);
+    }
+    state
+}
+
+fn when(state: &OrgState, actor: &Actor, command: Command) -> Result<Vec<Event>, DecideError> {
+    decide(&acme(), state, actor, &command)
+}
+
+fn then(state: &OrgState, actor: &Actor, command: Command) -> OrgState {
+    let events = when(state, actor, command).expect("the command is accepted");
+    let mut next = state.clone();
+    for event in &events {
+        next.evolve(event);
+    }
+    next
+}
+
+fn member(person: &str, role: Role) -> Event {
+    Event::MemberAdded(MemberAdded {
+        person: id(person),
+        email: format!("{person}@acme.test"),
+        display_name: person.to_uppercase(),
+        role,
+    })
+}
+
+fn in_team(team: &str, person: &str) -> Event {
+    Event::TeamMemberAdded(TeamMemberAdded { team: id(team), person: id(person) })
+}
+
+/// acme: alice (admin), bob and carol (members) in team eng, dave in no team, and an authorized
+/// custom SCIM app `crm` with 2 seats.
+fn history() -> Vec<Event> {
+    vec![
+        Event::OrganizationCreated(OrganizationCreated { org: acme(), name: "Acme".into() }),
+        member("alice", Role::Admin),
+        member("bob", Role::Member),
+        member("carol", Role::Member),
+        member("dave", Role::Member),
+        Event::TeamCreated(TeamCreated { team: id("eng"), name: "Engineering".into() }),
+        Event::TeamCreated(TeamCreated { team: id("ops"), name: "Operations".into() }),
+        in_team("eng", "bob"),
+        in_team("eng", "carol"),
+        in_team("ops", "carol"),
+        Event::IntegratedAppAdded(IntegratedAppAdded {
+            app: id("crm"),
+            catalog_app: "custom-scim".into(),
+            display_name: "CRM".into(),
+            base_url: "https://scim.crm.test/v2".into(),
+            credentials: sealed(),
+            seat_limit: Some(2),
+        }),
+        Event::AppAuthorized(AppAuthorized { app: id("crm") }),
+    ]
+}
+
+fn with_grant(person: &str, grant: &str) -> Vec<Event> {
+    let mut events = history();
+    events.push(Event::GrantRequested(GrantRequested {
+        grant: id(grant),
+        app: id("crm"),
+        person: id(person),
+    }));
+    events
+}
+
+fn provision(person: &str, grant: &str) -> Command {
+    Command::ProvisionUser { app: id("crm"), person: id(person), grant: id(grant) }
+}
+
+fn deprovisioning(grant: &str, cause: DeprovisionCause) -> Event {
+    Event::DeprovisioningRequested(DeprovisioningRequested { grant: id(grant), cause })
+}
+
+// Organizations.
+
+#[test]
+fn creating_an_organization_makes_the_actor_its_first_admin() {
+    let events = when(
+        &OrgState::default(),
+        &alice(),
+        Command::CreateOrganization {
+            name: "Acme".into(),
+            admin_email: "alice@acme.test".into(),
+            admin_display_name: "Alice".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    let state = given(&events);
+    assert!(state.is_admin(&id("alice")));
+}
+
+#[test]
+fn rejects_creating_an_organization_twice() {
+    let err = when(
+        &given(&history()),
+        &alice(),
+        Command::CreateOrganization {
+            name: "Acme".into(),
+            admin_email: "alice@acme.test".into(),
+            admin_display_name: "Alice".into(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, DecideError::OrgAlreadyExists { org: acme() });
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+}
+
+#[test]
+fn rejects_an_organization_created_by_a_service() {
+    let err = when(
+        &OrgState::default(),
+        &provisioner(),
+        Command::CreateOrganization {
+            name: "Acme".into(),
+            admin_email: "a@acme.test".into(),
+            admin_display_name: "A".into(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "actor", .. }));
+}
+
+#[test]
+fn rejects_commands_on_an_organization_that_does_not_exist() {
+    let err = when(
+        &OrgState::default(),
+        &alice(),
+        Command::CreateTeam { team: id("t"), name: "T".into() },
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "organization acme does not exist");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+// Members.
+
+#[test]
+fn an_admin_adds_a_member() {
+    let state = then(
+        &given(&history()),
+        &alice(),
+        Command::AddMember {
+            person: id("erin"),
+            email: "erin@acme.test".into(),
+            display_name: "Erin".into(),
+            role: Role::Member,
+        },
+    );
+    assert_eq!(state.members[&id::<PersonId>("erin")].email, "erin@acme.test");
+}
+
+#[test]
+fn rejects_a_member_added_by_a_non_admin() {
+    let err = when(
+        &given(&history()),
+        &Actor::Person(id("bob")),
+        Command::AddMember {
+            person: id("erin"),
+            email: "erin@acme.test".into(),
+            display_name: "Erin".into(),
+            role: Role::Member,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "person:bob is not an admin of acme");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+}
+
+#[test]
+fn rejects_adding_an_existing_member() {
+    let err = when(
+        &given(&history()),
+        &alice(),
+        Command::AddMember {
+            person: id("bob"),
+            email: "bob@acme.test".into(),
+            display_name: "Bob".into(),
+            role: Role::Member,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+}
+
+#[test]
+fn rejects_a_member_without_a_valid_email_or_name() {
+    let add = |email: &str, name: &str| Command::AddMember {
+        person: id("erin"),
+        email: email.into(),
+        display_name: name.into(),
+        role: Role::Member,
+    };
+    let state = given(&history());
+    for (email, name, field) in [
+        ("erin", "Erin", "email"),
+        ("erin@acme", "Erin", "email"),
+        ("er in@acme.test", "Erin", "email"),
+        ("erin@acme.test", "", "display_name"),
+        ("erin@acme.test", "Er\u{7}in", "display_name"),
+    ] {
+        let err = when(&state, &alice(), add(email, name)).unwrap_err();
+        assert!(
+            matches!(err, DecideError::Invalid { field: f, .. } if f == field),
+            "{email:?}/{name:?} gave {err}"
+        );
+    }
+    let long = "x".repeat(MAX_TEXT + 1);
+    assert!(matches!(
+        when(&state, &alice(), add("erin@acme.test", &long)),
+        Err(DecideError::Invalid { field: "display_name", .. })
+    ));
+}
+
+#[test]
+fn removing_a_member_takes_them_out_of_teams_and_deprovisions_their_grants() {
+    let state = given(&with_grant("carol", "g1"));
+    let events = when(&state, &alice(), Command::RemoveMember { person: id("carol") }).unwrap();
+    assert_eq!(
+        events,
+        vec![
+            Event::TeamMemberRemoved(TeamMemberRemoved { team: id("eng"), person: id("carol") }),
+            Event::TeamMemberRemoved(TeamMemberRemoved { team: id("ops"), person: id("carol") }),
+            deprovisioning("g1", DeprovisionCause::MemberRemoved),
+            Event::MemberRemoved(MemberRemoved { person: id("carol") }),
+        ]
+    );
+    let after = given(&[with_grant("carol", "g1"), events].concat());
+    assert!(after.teams.values().all(|t| !t.members.contains(&id::<PersonId>("carol"))));
+    assert_eq!(after.grants[&id::<GrantId>("g1")].state, GrantState::Deprovisioning);
+}
+
+#[test]
+fn rejects_removing_the_last_admin() {
+    let err = when(&given(&history()), &alice(), Command::RemoveMember { person: id("alice") })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "alice is the last admin of acme");
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+}
+
+#[test]
+fn rejects_removing_someone_who_is_not_a_member() {
+    let err = when(&given(&history()), &alice(), Command::RemoveMember { person: id("zed") })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "zed is not a member of acme");
+}
+
+#[test]
+fn an_admin_changes_a_role_and_a_repeated_role_changes_nothing() {
+    let state = then(
+        &given(&history()),
+        &alice(),
+        Command::SetMemberRole { person: id("bob"), role: Role::Admin },
+    );
+    assert!(state.is_admin(&id("bob")));
+    let again =
+        when(&state, &alice(), Command::SetMemberRole { person: id("bob"), role: Role::Admin });
+    assert_eq!(again, Ok(vec![]));
+}
+
+#[test]
+fn rejects_demoting_the_last_admin() {
+    let err = when(
+        &given(&history()),
+        &alice(),
+        Command::SetMemberRole { person: id("alice"), role: Role::Member },
+    )
+    .unwrap_err();
+    assert!(matches!(err, DecideError::LastAdmin { .. }));
+}
+
+// Teams.
+
+#[test]
+fn an_admin_creates_a_team_once() {
+    let state = then(
+        &given(&history()),
+        &alice(),
+        Command::CreateTeam { team: id("qa"), name: "QA".into() },
+    );
+    assert!(state.teams.contains_key(&id::<TeamId>("qa")));
+    let err = when(&state, &alice(), Command::CreateTeam { team: id("qa"), name: "QA".into() })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "team qa already exists in acme");
+    let err = when(&state, &alice(), Command::CreateTeam { team: id("qb"), name: " ".into() })
+        .unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "name", .. }));
+}
+
+#[test]
+fn deleting_a_team_deprovisions_only_those_for_whom_it_was_the_last_team() {
+    let mut events = with_grant("bob", "g1");
+    events.push(Event::GrantRequested(GrantRequested {
+        grant: id("g2"),
+        app: id("crm"),
+        person: id("carol"),
+    }));
+    let decided = when(&given(&events), &alice(), Command::DeleteTeam { team: id("eng") }).unwrap();
+    assert_eq!(
+        decided,
+        vec![
+            Event::TeamMemberRemoved(TeamMemberRemoved { team: id("eng"), person: id("bob") }),
+            Event::TeamMemberRemoved(TeamMemberRemoved { team: id("eng"), person: id("carol") }),
+            deprovisioning("g1", DeprovisionCause::LeftLastTeam),
+            Event::TeamDeleted(TeamDeleted { team: id("eng") }),
+        ]
+    );
+}
+
+#[test]
+fn rejects_deleting_a_team_that_does_not_exist() {
+    let err =
+        when(&given(&history()), &alice(), Command::DeleteTeam { team: id("qa") }).unwrap_err();
+    assert_eq!(err.to_string(), "team qa does not exist in acme");
+}
+
+#[test]
+fn adding_a_team_member_needs_the_team_and_the_member_and_happens_once() {
+    let state = given(&history());
+    let state =
+        then(&state, &alice(), Command::AddTeamMember { team: id("ops"), person: id("dave") });
+    assert!(state.members[&id::<PersonId>("dave")].teams.contains(&id::<TeamId>("ops")));
+    let add =
+        |team: &str, person: &str| Command::AddTeamMember { team: id(team), person: id(person) };
+    assert!(matches!(
+        when(&state, &alice(), add("ops", "dave")),
+        Err(DecideError::AlreadyInTeam { .. })
+    ));
+    assert!(matches!(
+        when(&state, &alice(), add("qa", "dave")),
+        Err(DecideError::TeamNotFound { .. })
+    ));
+    assert!(matches!(
+        when(&state, &alice(), add("ops", "zed")),
+        Err(DecideError::MemberNotFound { .. })
+    ));
+}
+
+#[test]
+fn leaving_the_last_team_deprovisions_grants_but_leaving_another_does_not() {
+    let bob = with_grant("bob", "g1");
+    let events = when(
+        &given(&bob),
+        &alice(),
+        Command::RemoveTeamMember { team: id("eng"), person: id("bob") },
+    )
+    .unwrap();
+    assert_eq!(events[1], deprovisioning("g1", DeprovisionCause::LeftLastTeam));
+
+    let carol = with_grant("carol", "g2");
+    let events = when(
+        &given(&carol),
+        &alice(),
+        Command::RemoveTeamMember { team: id("eng"), person: id("carol") },
+    )
+    .unwrap();
+    assert_eq!(events.len(), 1, "carol is still in ops");
+}
+
+#[test]
+fn rejects_removing_someone_from_a_team_they_are_not_in() {
+    let err = when(
+        &given(&history()),
+        &alice(),
+        Command::RemoveTeamMember { team: id("ops"), person: id("bob") },
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "bob is not in team ops");
+}
+
+// Integrated apps.
+
+fn add_app(app: &str, catalog: &str, url: &str, seats: Option<u32>) -> Command {
+    Command::AddIntegratedApp {
+        app: id(app),
+        catalog_app: catalog.into(),
+        display_name: "App".into(),
+        base_url: url.into(),
+        credentials: sealed(),
+        seat_limit: seats,
+    }
+}
+
+#[test]
+fn an_admin_attaches_a_catalog_app_which_waits_for_authorization() {
+    let state = then(
+        &given(&history()),
+        &alice(),
+        add_app("sf", "salesforce", "https://acme.my.salesforce.com/services/scim/v2", Some(10)),
+    );
+    assert_eq!(state.apps[&id::<AppId>("sf")].status, AppStatus::Authorizing);
+}
+
+#[test]
+fn rejects_apps_that_are_not_in_the_catalog_or_point_elsewhere() {
+    let state = given(&history());
+    let err = when(&state, &alice(), add_app("x", "myspace", "https://x.test", None)).unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "catalog_app", .. }));
+    let err = when(&state, &alice(), add_app("x", "slack", "https://evil.test/scim/v2", None))
+        .unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "base_url", .. }));
+    let err =
+        when(&state, &alice(), add_app("x", "slack", "https://api.slack.com/scim/v2", Some(0)))
+            .unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "seat_limit", .. }));
+    let err =
+        when(&state, &alice(), add_app("crm", "slack", "https://api.slack.com/scim/v2", None))
+            .unwrap_err();
+    assert_eq!(err.to_string(), "app crm is already attached to acme");
+}
+
+#[test]
+fn rejects_credentials_that_were_not_sealed() {
+    let err = when(
+        &given(&history()),
+        &alice(),
+        Command::UpdateAppCredentials {
+            app: id("crm"),
+            credentials: SealedCredentials {
+                key_id: 1,
+                nonce: vec![],
+                ciphertext: b"token".to_vec(),
+            },
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "credentials", .. }));
+}
+
+#[test]
+fn new_credentials_must_be_verified_again() {
+    let state = then(
+        &given(&history()),
+        &alice(),
+        Command::UpdateAppCredentials { app: id("crm"), credentials: sealed() },
+    );
+    assert_eq!(state.apps[&id::<AppId>("crm")].status, AppStatus::Authorizing);
+    let err = when(&state, &alice(), provision("bob", "g1")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+}
+
+#[test]
+fn the_seat_limit_never_drops_below_the_seats_in_use() {
+    let mut events = with_grant("bob", "g1");
+    events.push(Event::GrantRequested(GrantRequested {
+        grant: id("g2"),
+        app: id("crm"),
+        person: id("carol"),
+    }));
+    let state = given(&events);
+    let err = when(&state, &alice(), Command::SetSeatLimit { app: id("crm"), seat_limit: Some(1) })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "crm of acme has 2 seats in use, more than the limit 1");
+    let state = then(&state, &alice(), Command::SetSeatLimit { app: id("crm"), seat_limit: None });
+    assert_eq!(state.apps[&id::<AppId>("crm")].seat_limit, None);
+    let same = when(&state, &alice(), Command::SetSeatLimit { app: id("crm"), seat_limit: None });
+    assert_eq!(same, Ok(vec![]));
+}
+
+#[test]
+fn removing_an_app_deprovisions_its_grants_and_it_leaves_once_they_are_revoked() {
+    let state = given(&with_grant("bob", "g1"));
+    let events = when(&state, &alice(), Command::RemoveIntegratedApp { app: id("crm") }).unwrap();
+    assert_eq!(events[0], deprovisioning("g1", DeprovisionCause::AppRemoved));
+    let state = then(&state, &alice(), Command::RemoveIntegratedApp { app: id("crm") });
+    assert!(matches!(
+        when(&state, &alice(), provision("carol", "g2")),
+        Err(DecideError::AppNotFound { .. })
+    ));
+    assert!(state.apps.contains_key(&id::<AppId>("crm")), "still holds g1's credentials");
+    let state =
+        then(&state, &provisioner(), Command::RecordAccountDeprovisioned { grant: id("g1") });
+    assert!(!state.apps.contains_key(&id::<AppId>("crm")));
+}
+
+#[test]
+fn rejects_removing_an_app_that_is_not_attached() {
+    let err = when(&given(&history()), &alice(), Command::RemoveIntegratedApp { app: id("zz") })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+// Provisioning.
+
+#[test]
+fn an_admin_provisions_a_team_member() {
+    let events = when(&given(&history()), &alice(), provision("bob", "g1")).unwrap();
+    assert_eq!(
+        events,
+        vec![Event::GrantRequested(GrantRequested {
+            grant: id("g1"),
+            app: id("crm"),
+            person: id("bob"),
+        })]
+    );
+}
+
+#[test]
+fn rejects_provisioning_without_a_team() {
+    let err = when(&given(&history()), &alice(), provision("dave", "g1")).unwrap_err();
+    assert_eq!(err.to_string(), "dave is in no team of acme");
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+}
+
+#[test]
+fn rejects_provisioning_a_non_member() {
+    let err = when(&given(&history()), &alice(), provision("zed", "g1")).unwrap_err();
+    assert!(matches!(err, DecideError::MemberNotFound { .. }));
+}
+
+#[test]
+fn rejects_provisioning_by_a_non_admin() {
+    let err =
+        when(&given(&history()), &Actor::Person(id("bob")), provision("bob", "g1")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+}
+
+#[test]
+fn rejects_provisioning_into_an_app_that_is_not_attached_or_authorized() {
+    let mut events = history();
+    events.pop();
+    let err = when(&given(&events), &alice(), provision("bob", "g1")).unwrap_err();
+    assert_eq!(err.to_string(), "app crm of acme is not authorized (credentials not verified yet)");
+    events.push(Event::AppAuthorizationFailed(AppAuthorizationFailed {
+        app: id("crm"),
+        reason: "401 from the app".into(),
+    }));
+    let err = when(&given(&events), &alice(), provision("bob", "g1")).unwrap_err();
+    assert!(err.to_string().contains("401 from the app"));
+    let err = when(
+        &given(&history()),
+        &alice(),
+        Command::ProvisionUser { app: id("nope"), person: id("bob"), grant: id("g1") },
+    )
+    .unwrap_err();
+    assert!(matches!(err, DecideError::AppNotFound { .. }));
+}
+
+#[test]
+fn rejects_a_second_live_grant_for_the_same_person_and_app() {
+    let err = when(&given(&with_grant("bob", "g1")), &alice(), provision("bob", "g2")).unwrap_err();
+    assert_eq!(err.to_string(), "bob already has grant g1 for crm");
+}
+
+#[test]
+fn rejects_provisioning_past_the_seat_limit() {
+    let mut events = with_grant("bob", "g1");
+    events.push(Event::GrantRequested(GrantRequested {
+        grant: id("g2"),
+        app: id("crm"),
+        person: id("carol"),
+    }));
+    events.push(in_team("ops", "dave"));
+    let err = when(&given(&events), &alice(), provision("dave", "g3")).unwrap_err();
+    assert_eq!(err.to_string(), "acme has no free seat for crm (limit 2)");
+}
+
+#[test]
+fn rejects_reusing_a_grant_id() {
+    let err =
+        when(&given(&with_grant("bob", "g1")), &alice(), provision("carol", "g1")).unwrap_err();
+    assert!(matches!(err, DecideError::GrantAlreadyExists { .. }));
+}
+
+#[test]
+fn deprovisioning_is_requested_once() {
+    let state = given(&with_grant("bob", "g1"));
+    let deprovision = || Command::DeprovisionUser { app: id("crm"), person: id("bob") };
+    let events = when(&state, &alice(), deprovision()).unwrap();
+    assert_eq!(events, vec![deprovisioning("g1", DeprovisionCause::Requested)]);
+    let state = then(&state, &alice(), deprovision());
+    assert!(matches!(
+        when(&state, &alice(), deprovision()),
+        Err(DecideError::GrantWrongState { .. })
+    ));
+    let err =
+        when(&state, &alice(), Command::DeprovisionUser { app: id("crm"), person: id("carol") })
+            .unwrap_err();
+    assert_eq!(err.to_string(), "carol has no live grant for crm");
+}
+
+#[test]
+fn an_active_grant_is_suspended_and_resumed() {
+    let state = given(&with_grant("bob", "g1"));
+    let err = when(&state, &alice(), Command::SuspendGrant { grant: id("g1") }).unwrap_err();
+    assert_eq!(err.to_string(), "grant g1 is requested, so it cannot be suspended");
+    let state = then(
+        &state,
+        &provisioner(),
+        Command::RecordAccountProvisioned {
+            grant: id("g1"),
+            account: ExternalAccount { id: "u-1".into(), user_name: "bob".into(), open_url: None },
+        },
+    );
+    let state = then(&state, &alice(), Command::SuspendGrant { grant: id("g1") });
+    assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Suspended);
+    assert!(when(&state, &alice(), Command::SuspendGrant { grant: id("g1") }).is_err());
+    let state = then(&state, &alice(), Command::ResumeGrant { grant: id("g1") });
+    assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Active);
+    assert!(when(&state, &alice(), Command::ResumeGrant { grant: id("g1") }).is_err());
+    assert!(matches!(
+        when(&state, &alice(), Command::SuspendGrant { grant: id("g9") }),
+        Err(DecideError::GrantNotFound { .. })
+    ));
+}
+
+// Provisioner outcomes.
+
+#[test]
+fn only_services_record_outcomes() {
+    let err = when(&given(&history()), &alice(), Command::RecordAppAuthorized { app: id("crm") })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+}
+
+#[test]
+fn authorization_outcomes_set_the_app_status() {
+    let state = then(
+        &given(&history()),
+        &provisioner(),
+        Command::RecordAuthorizationFailed { app: id("crm"), reason: "401".into() },
+    );
+    assert!(matches!(
+        state.apps[&id::<AppId>("crm")].status,
+        AppStatus::AuthorizationFailed { .. }
+    ));
+    let state = then(&state, &provisioner(), Command::RecordAppAuthorized { app: id("crm") });
+    assert_eq!(state.apps[&id::<AppId>("crm")].status, AppStatus::Authorized);
+}
+
+#[test]
+fn failures_are_retried_then_quarantined_and_an_admin_re_arms_them() {
+    let fail = |retry: Option<Timestamp>| Command::RecordProvisioningFailed {
+        grant: id("g1"),
+        reason: "http 503".into(),
+        next_retry_at: retry,
+    };
+    let state = given(&with_grant("bob", "g1"));
+    let state = then(&state, &provisioner(), fail(Some(Timestamp(10))));
+    assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Failed);
+    let events = when(&state, &provisioner(), fail(None)).unwrap();
+    assert!(matches!(&events[0], Event::ProvisioningFailed(f) if f.attempt == 2));
+    assert!(matches!(&events[1], Event::GrantQuarantined(_)));
+    let state = then(&state, &provisioner(), fail(None));
+    assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Quarantined);
+    assert!(matches!(
+        when(&state, &provisioner(), fail(None)),
+        Err(DecideError::GrantWrongState { .. })
+    ));
+    let state = then(&state, &alice(), Command::RetryGrant { grant: id("g1") });
+    assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Requested);
+    assert!(when(&state, &alice(), Command::RetryGrant { grant: id("g1") }).is_err());
+}
+
+#[test]
+fn a_confirmed_deprovisioning_revokes_the_grant_and_frees_the_seat() {
+    let state = given(&with_grant("bob", "g1"));
+    let err = when(&state, &provisioner(), Command::RecordAccountDeprovisioned { grant: id("g1") })
+        .unwrap_err();
+    assert!(matches!(err, DecideError::GrantWrongState { .. }));
+    let state =
+        then(&state, &alice(), Command::DeprovisionUser { app: id("crm"), person: id("bob") });
+    let state =
+        then(&state, &provisioner(), Command::RecordAccountDeprovisioned { grant: id("g1") });
+    assert!(state.grants.is_empty());
+    assert_eq!(state.apps[&id::<AppId>("crm")].seats_used, 0);
+    then(&state, &alice(), provision("bob", "g2"));
+}
+
+#[test]
+fn an_account_created_after_deprovisioning_was_requested_is_still_taken_away() {
+    let state = given(&with_grant("bob", "g1"));
+    let state =
+        then(&state, &alice(), Command::DeprovisionUser { app: id("crm"), person: id("bob") });
+    let state = then(
+        &state,
+        &provisioner(),
+        Command::RecordAccountProvisioned {
+            grant: id("g1"),
+            account: ExternalAccount { id: "u-1".into(), user_name: "bob".into(), open_url: None },
+        },
+    );
+    let grant = &state.grants[&id::<GrantId>("g1")];
+    assert_eq!(grant.state, GrantState::Deprovisioning);
+    assert!(grant.account.is_some());
+}
+
+#[test]
+fn rejects_an_outcome_with_an_empty_reason() {
+    let err = when(
+        &given(&with_grant("bob", "g1")),
+        &provisioner(),
+        Command::RecordProvisioningFailed {
+            grant: id("g1"),
+            reason: "".into(),
+            next_retry_at: None,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, DecideError::Invalid { field: "reason", .. }));
+}
