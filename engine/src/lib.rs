@@ -4,6 +4,7 @@
 //! command handling with its cache of decided aggregates ([`handler`]), and credential sealing
 //! ([`sealing`]). The `quartermaster` binary in `main.rs` wires them to the outside world.
 
+pub mod bench;
 pub mod handler;
 pub mod log;
 pub mod org;

@@ -88,8 +88,12 @@ async fn a_command_id_reused_in_another_organization_is_refused() -> anyhow::Res
     standard_org(&engine, "a", 1, None, "t").await?;
     standard_org(&engine, "b", 1, None, "t").await?;
     let cmd = |org: &str| {
-        Request::new(id(org), person("admin"), Command::CreateTeam { team: id("x"), name: "X".into() })
-            .with_command_id(id("shared-id"))
+        Request::new(
+            id(org),
+            person("admin"),
+            Command::CreateTeam { team: id("x"), name: "X".into() },
+        )
+        .with_command_id(id("shared-id"))
     };
     engine.execute(cmd("a")).await?;
     let err = engine.execute(cmd("b")).await.unwrap_err();
@@ -127,7 +131,8 @@ async fn a_cold_engine_loads_from_a_snapshot_and_the_tail() -> anyhow::Result<()
     let expected = warm.org_state(&id("cold")).await?;
     ensure!(cold.org_state(&id("cold")).await? == expected);
     ensure!(replayed_state(log.as_ref(), "cold").await? == expected);
-    let done = run(&cold, "cold", &person("admin"), Command::SuspendGrant { grant: id("g1") }).await;
+    let done =
+        run(&cold, "cold", &person("admin"), Command::SuspendGrant { grant: id("g1") }).await;
     ensure!(matches!(done, Err(e) if e.to_string().contains("is requested")));
     Ok(())
 }

@@ -43,11 +43,14 @@ fn any_step() -> impl Strategy<Value = (Option<usize>, Command)> {
             role,
         }),
         pick_person().prop_map(|person| Command::RemoveMember { person }),
-        (pick_person(), pick_role()).prop_map(|(person, role)| Command::SetMemberRole { person, role }),
+        (pick_person(), pick_role())
+            .prop_map(|(person, role)| Command::SetMemberRole { person, role }),
         pick_team().prop_map(|team| Command::CreateTeam { name: team.to_string(), team }),
         pick_team().prop_map(|team| Command::DeleteTeam { team }),
-        (pick_team(), pick_person()).prop_map(|(team, person)| Command::AddTeamMember { team, person }),
-        (pick_team(), pick_person()).prop_map(|(team, person)| Command::RemoveTeamMember { team, person }),
+        (pick_team(), pick_person())
+            .prop_map(|(team, person)| Command::AddTeamMember { team, person }),
+        (pick_team(), pick_person())
+            .prop_map(|(team, person)| Command::RemoveTeamMember { team, person }),
         (pick_app(), proptest::option::of(1..4u32)).prop_map(|(app, seat_limit)| {
             Command::AddIntegratedApp {
                 app,
@@ -58,24 +61,34 @@ fn any_step() -> impl Strategy<Value = (Option<usize>, Command)> {
                 seat_limit,
             }
         }),
-        (pick_app(), proptest::option::of(1..4u32)).prop_map(|(app, seat_limit)| Command::SetSeatLimit { app, seat_limit }),
+        (pick_app(), proptest::option::of(1..4u32))
+            .prop_map(|(app, seat_limit)| Command::SetSeatLimit { app, seat_limit }),
         pick_app().prop_map(|app| Command::RemoveIntegratedApp { app }),
-        (pick_app(), pick_person(), pick_grant()).prop_map(|(app, person, grant)| Command::ProvisionUser { app, person, grant }),
-        (pick_app(), pick_person(), pick_grant()).prop_map(|(app, person, grant)| Command::ProvisionUser { app, person, grant }),
-        (pick_app(), pick_person()).prop_map(|(app, person)| Command::DeprovisionUser { app, person }),
+        (pick_app(), pick_person(), pick_grant())
+            .prop_map(|(app, person, grant)| Command::ProvisionUser { app, person, grant }),
+        (pick_app(), pick_person(), pick_grant())
+            .prop_map(|(app, person, grant)| Command::ProvisionUser { app, person, grant }),
+        (pick_app(), pick_person())
+            .prop_map(|(app, person)| Command::DeprovisionUser { app, person }),
         pick_grant().prop_map(|grant| Command::SuspendGrant { grant }),
         pick_grant().prop_map(|grant| Command::ResumeGrant { grant }),
         pick_grant().prop_map(|grant| Command::RetryGrant { grant }),
         pick_app().prop_map(|app| Command::RecordAppAuthorized { app }),
         pick_app().prop_map(|app| Command::RecordAppAuthorized { app }),
         pick_grant().prop_map(|grant| Command::RecordAccountProvisioned {
-            account: ExternalAccount { id: format!("u-{grant}"), user_name: grant.to_string(), open_url: None },
+            account: ExternalAccount {
+                id: format!("u-{grant}"),
+                user_name: grant.to_string(),
+                open_url: None
+            },
             grant,
         }),
-        (pick_grant(), any::<bool>()).prop_map(|(grant, retry)| Command::RecordProvisioningFailed {
-            grant,
-            reason: "http 503".into(),
-            next_retry_at: retry.then_some(Timestamp(1)),
+        (pick_grant(), any::<bool>()).prop_map(|(grant, retry)| {
+            Command::RecordProvisioningFailed {
+                grant,
+                reason: "http 503".into(),
+                next_retry_at: retry.then_some(Timestamp(1)),
+            }
         }),
         pick_grant().prop_map(|grant| Command::RecordAccountDeprovisioned { grant }),
     ];
@@ -128,7 +141,10 @@ async fn run_history(engine: &Engine, steps: Vec<(Option<usize>, Command)>) -> R
         admin_email: "p0@example.com".into(),
         admin_display_name: "P0".into(),
     };
-    engine.execute(Request::new(org.clone(), person("p0"), create)).await.map_err(|e| e.to_string())?;
+    engine
+        .execute(Request::new(org.clone(), person("p0"), create))
+        .await
+        .map_err(|e| e.to_string())?;
     for (actor, command) in steps {
         let before = engine.org_state(&org).await.map_err(|e| e.to_string())?;
         let actor = match actor {
@@ -137,9 +153,14 @@ async fn run_history(engine: &Engine, steps: Vec<(Option<usize>, Command)>) -> R
         };
         match engine.execute(Request::new(org.clone(), actor.clone(), command.clone())).await {
             Ok(done) if !done.events.is_empty() && !command.is_outcome() => {
-                let Actor::Person(who) = &actor else { return Err("a service acted as an admin".into()) };
+                let Actor::Person(who) = &actor else {
+                    return Err("a service acted as an admin".into());
+                };
                 if !before.is_admin(who) {
-                    return Err(format!("{who} is no admin but {} was accepted (rule 1)", command.name()));
+                    return Err(format!(
+                        "{who} is no admin but {} was accepted (rule 1)",
+                        command.name()
+                    ));
                 }
             }
             Ok(_) | Err(ExecuteError::Rejected(_)) => {}

@@ -54,7 +54,10 @@ fn samples() -> Vec<WireEvent> {
         open_url: Some("https://crm.example.com/login".into()),
     };
     vec![
-        WireEvent::OrganizationCreated(OrganizationCreated { org: id("acme"), name: "Acme Corp".into() }),
+        WireEvent::OrganizationCreated(OrganizationCreated {
+            org: id("acme"),
+            name: "Acme Corp".into(),
+        }),
         WireEvent::MemberAdded(MemberAdded {
             person: id("bjensen"),
             email: "bjensen@example.com".into(),
@@ -62,7 +65,10 @@ fn samples() -> Vec<WireEvent> {
             role: Role::Member,
         }),
         WireEvent::MemberRemoved(MemberRemoved { person: id("bjensen") }),
-        WireEvent::MemberRoleChanged(MemberRoleChanged { person: id("bjensen"), role: Role::Admin }),
+        WireEvent::MemberRoleChanged(MemberRoleChanged {
+            person: id("bjensen"),
+            role: Role::Admin,
+        }),
         WireEvent::TeamCreated(TeamCreated { team: id("eng"), name: "Engineering".into() }),
         WireEvent::TeamDeleted(TeamDeleted { team: id("eng") }),
         WireEvent::TeamMemberAdded(TeamMemberAdded { team: id("eng"), person: id("bjensen") }),
@@ -75,20 +81,43 @@ fn samples() -> Vec<WireEvent> {
             credentials: sealed.clone(),
             seat_limit: Some(20),
         }),
-        WireEvent::AppCredentialsUpdated(AppCredentialsUpdated { app: id("crm"), credentials: sealed }),
+        WireEvent::AppCredentialsUpdated(AppCredentialsUpdated {
+            app: id("crm"),
+            credentials: sealed,
+        }),
         WireEvent::SeatLimitChanged(SeatLimitChanged { app: id("crm"), seat_limit: None }),
         WireEvent::AppAuthorized(AppAuthorized { app: id("crm") }),
-        WireEvent::AppAuthorizationFailed(AppAuthorizationFailed { app: id("crm"), reason: "401 Unauthorized".into() }),
+        WireEvent::AppAuthorizationFailed(AppAuthorizationFailed {
+            app: id("crm"),
+            reason: "401 Unauthorized".into(),
+        }),
         WireEvent::IntegratedAppRemoved(IntegratedAppRemoved { app: id("crm") }),
-        WireEvent::GrantRequested(GrantRequested { grant: id("g1"), app: id("crm"), person: id("bjensen") }),
+        WireEvent::GrantRequested(GrantRequested {
+            grant: id("g1"),
+            app: id("crm"),
+            person: id("bjensen"),
+        }),
         WireEvent::AccountProvisioned(AccountProvisioned { grant: id("g1"), account }),
-        WireEvent::ProvisioningFailedV1(ProvisioningFailedV1 { grant: id("g1"), attempt: 2, reason: "http 503".into() }),
-        WireEvent::GrantQuarantined(GrantQuarantined { grant: id("g1"), reason: "http 400: bad userName".into() }),
+        WireEvent::ProvisioningFailedV1(ProvisioningFailedV1 {
+            grant: id("g1"),
+            attempt: 2,
+            reason: "http 503".into(),
+        }),
+        WireEvent::GrantQuarantined(GrantQuarantined {
+            grant: id("g1"),
+            reason: "http 400: bad userName".into(),
+        }),
         WireEvent::GrantSuspended(GrantSuspended { grant: id("g1") }),
         WireEvent::GrantResumed(GrantResumed { grant: id("g1") }),
-        WireEvent::DeprovisioningRequested(DeprovisioningRequested { grant: id("g1"), cause: DeprovisionCause::LeftLastTeam }),
+        WireEvent::DeprovisioningRequested(DeprovisioningRequested {
+            grant: id("g1"),
+            cause: DeprovisionCause::LeftLastTeam,
+        }),
         WireEvent::AccountDeprovisioned(AccountDeprovisioned { grant: id("g1") }),
-        WireEvent::GrantRevoked(GrantRevoked { grant: id("g1"), cause: DeprovisionCause::MemberRemoved }),
+        WireEvent::GrantRevoked(GrantRevoked {
+            grant: id("g1"),
+            cause: DeprovisionCause::MemberRemoved,
+        }),
         WireEvent::GrantRetried(GrantRetried { grant: id("g1") }),
         WireEvent::ProvisioningFailed(ProvisioningFailed {
             grant: id("g1"),
@@ -110,7 +139,11 @@ fn sample_commit() -> Commit {
         correlation_id: "req-42".into(),
         causation_id: Some("req-41".into()),
         prev_hash: [0xab; 32],
-        events: samples().into_iter().filter(|e| !matches!(e, WireEvent::ProvisioningFailedV1(_))).map(WireEvent::upcast).collect(),
+        events: samples()
+            .into_iter()
+            .filter(|e| !matches!(e, WireEvent::ProvisioningFailedV1(_)))
+            .map(WireEvent::upcast)
+            .collect(),
     }
 }
 
@@ -123,7 +156,9 @@ fn golden(path: PathBuf, current: &[u8]) -> anyhow::Result<Vec<u8>> {
     if !path.exists() && std::env::var_os("QM_BLESS_FIXTURES").is_some() {
         std::fs::write(&path, current)?;
     }
-    std::fs::read(&path).with_context(|| format!("missing fixture {} (QM_BLESS_FIXTURES=1 writes it)", path.display()))
+    std::fs::read(&path).with_context(|| {
+        format!("missing fixture {} (QM_BLESS_FIXTURES=1 writes it)", path.display())
+    })
 }
 
 #[test]
@@ -138,12 +173,16 @@ fn every_event_fixture_decodes_and_current_forms_encode_the_same() -> anyhow::Re
     for sample in samples() {
         let name = sample.name();
         let bytes = golden(dir().join("events").join(format!("{name}.bin")), &sample.to_bytes())?;
-        let decoded = WireEvent::from_bytes(&bytes).with_context(|| format!("{name} no longer decodes"))?;
+        let decoded =
+            WireEvent::from_bytes(&bytes).with_context(|| format!("{name} no longer decodes"))?;
         ensure!(decoded == sample, "{name} decodes to {decoded:?}");
         ensure!(bytes[0] as usize == variant(&sample), "{name} moved in the wire order");
         let upcast = decoded.upcast();
         if !matches!(sample, WireEvent::ProvisioningFailedV1(_)) {
-            ensure!(WireEvent::from_event(&upcast).to_bytes() == bytes, "{name} encodes differently now");
+            ensure!(
+                WireEvent::from_event(&upcast).to_bytes() == bytes,
+                "{name} encodes differently now"
+            );
         }
     }
     Ok(())

@@ -48,7 +48,11 @@ fn files_containing(dir: &Path, needle: &str) -> anyhow::Result<(usize, Vec<Stri
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
         if path.is_dir() {
-            pending.extend(std::fs::read_dir(&path)?.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>()?);
+            pending.extend(
+                std::fs::read_dir(&path)?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
         } else {
             scanned += 1;
             if contains(&std::fs::read(&path)?, needle) {
