@@ -111,7 +111,7 @@ fn check_rules(state: &OrgState) -> Result<(), String> {
         let app = state.apps.get(&grant.app).ok_or(format!("{grant_id} outlived its app"))?;
         if grant.state != GrantState::Deprovisioning && grant.deprovision_cause.is_none() {
             let member = state.members.get(&grant.person);
-            if !member.is_some_and(|m| !m.teams.is_empty()) {
+            if member.is_none_or(|m| m.teams.is_empty()) {
                 return Err(format!("{grant_id} is live without a member in a team (rules 2, 6)"));
             }
             if app.removed {
