@@ -9,3 +9,4 @@ pub mod handler;
 pub mod log;
 pub mod org;
 pub mod sealing;
+pub mod read_side;

@@ -6,7 +6,7 @@
 use std::ops::Bound;
 
 use qm_proto::*;
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
 
 use crate::views::*;
@@ -249,6 +249,39 @@ impl Views {
         let mut intervals = self.access_intervals(org, app)?;
         intervals.retain(|i| i.from <= at && i.to.is_none_or(|to| at < to));
         Ok(intervals)
+    }
+
+    /// Every row of every view, one line each, in table and key order: two views files hold
+    /// the same views exactly when their dumps are equal.
+    pub fn dump(&self) -> Result<Vec<String>> {
+        fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+            views: &Views,
+            def: TableDefinition<K, V>,
+            out: &mut Vec<String>,
+        ) -> Result<()>
+        where
+            for<'a> K::SelfType<'a>: std::fmt::Debug,
+            for<'a> V::SelfType<'a>: std::fmt::Debug,
+        {
+            let name = def.name().to_string();
+            for entry in views.table(def)?.iter().map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                out.push(format!("{name} {:?} => {:?}", key.value(), value.value()));
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        rows(self, META, &mut out)?;
+        rows(self, ORGS, &mut out)?;
+        rows(self, MEMBERS, &mut out)?;
+        rows(self, TEAMS, &mut out)?;
+        rows(self, APPS, &mut out)?;
+        rows(self, GRANTS, &mut out)?;
+        rows(self, BY_APP, &mut out)?;
+        rows(self, BY_PERSON, &mut out)?;
+        rows(self, INTERVALS, &mut out)?;
+        rows(self, OPEN_INTERVALS, &mut out)?;
+        Ok(out)
     }
 
     fn get2<T: DeserializeOwned>(

@@ -4,4 +4,5 @@
 //! processes; [`fixtures`] builds commits and histories the tests share.
 
 pub mod fixtures;
+pub mod histories;
 pub mod nats;
