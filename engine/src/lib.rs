@@ -8,5 +8,5 @@ pub mod bench;
 pub mod handler;
 pub mod log;
 pub mod org;
-pub mod sealing;
 pub mod read_side;
+pub mod sealing;

@@ -138,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
 async fn open_log(storage: &Storage) -> anyhow::Result<Arc<dyn EventLog>> {
     Ok(match &storage.nats_url {
         Some(url) => {
-            let config = JetStreamConfig { replicas: storage.nats_replicas, ..JetStreamConfig::default() };
+            let config =
+                JetStreamConfig { replicas: storage.nats_replicas, ..JetStreamConfig::default() };
             Arc::new(JetStreamLog::connect(url, config).await?)
         }
         None => {
@@ -150,7 +151,9 @@ async fn open_log(storage: &Storage) -> anyhow::Result<Arc<dyn EventLog>> {
 
 async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
     let storage = match &command {
-        ProjectionsCommand::Status(s) | ProjectionsCommand::CatchUp(s) | ProjectionsCommand::Rebuild(s) => s,
+        ProjectionsCommand::Status(s)
+        | ProjectionsCommand::CatchUp(s)
+        | ProjectionsCommand::Rebuild(s) => s,
     };
     let log = open_log(storage).await?;
     let read_side = ReadSide::start(log.clone(), &storage.data_dir)?;
@@ -160,7 +163,10 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
             let head = status.head.map_or("unknown".into(), |h| h.to_string());
             let lag = status.lag.map_or("unknown".into(), |l| l.to_string());
             print_lines(&[
-                format!("views      {}", storage.data_dir.join(qm_engine::read_side::VIEWS_FILE).display()),
+                format!(
+                    "views      {}",
+                    storage.data_dir.join(qm_engine::read_side::VIEWS_FILE).display()
+                ),
                 format!("position   {}", status.position),
                 format!("log head   {head}"),
                 format!("lag        {lag}"),
@@ -178,7 +184,9 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
                 if position >= head {
                     break;
                 }
-                if let qm_projections::ProjectorState::Failed { error } = read_side.projector().status().state {
+                if let qm_projections::ProjectorState::Failed { error } =
+                    read_side.projector().status().state
+                {
                     anyhow::bail!("views stopped: {error}");
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
@@ -188,7 +196,9 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
         }
         ProjectionsCommand::Rebuild(_) => {
             let report = read_side
-                .rebuild(|p: &RebuildProgress| draw_progress(p.applied, p.target, p.commits_per_s, p.done))
+                .rebuild(|p: &RebuildProgress| {
+                    draw_progress(p.applied, p.target, p.commits_per_s, p.done)
+                })
                 .await?;
             eprintln!();
             print_lines(&[format!(

@@ -95,7 +95,11 @@ impl ReadSide {
     }
 
     /// A read of the views that includes `min_position`, waiting up to `deadline` for it.
-    pub async fn views(&self, min_position: Position, deadline: Duration) -> Result<Views, ReadSideError> {
+    pub async fn views(
+        &self,
+        min_position: Position,
+        deadline: Duration,
+    ) -> Result<Views, ReadSideError> {
         let until = Instant::now() + deadline;
         loop {
             // Taken afresh each round: a rebuild may swap the projector while we wait.
@@ -106,7 +110,9 @@ impl ReadSide {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let current = projector.position();
-                return Err(NotYetApplied { wanted: min_position, current, waited: deadline }.into());
+                return Err(
+                    NotYetApplied { wanted: min_position, current, waited: deadline }.into()
+                );
             }
             let _ = projector.wait_for(min_position, left.min(Duration::from_millis(100))).await;
         }
@@ -128,7 +134,10 @@ impl ReadSide {
 
     /// Rebuilds the views from position 0 into a new file while the current one serves, then
     /// swaps them. `progress` is called about every 200 ms.
-    pub async fn rebuild(&self, mut progress: impl FnMut(&RebuildProgress)) -> Result<RebuildProgress, ReadSideError> {
+    pub async fn rebuild(
+        &self,
+        mut progress: impl FnMut(&RebuildProgress),
+    ) -> Result<RebuildProgress, ReadSideError> {
         {
             let mut running = self.rebuild.lock().expect("rebuild lock is never poisoned");
             if running.is_some() {
@@ -141,7 +150,10 @@ impl ReadSide {
         result
     }
 
-    async fn rebuild_in(&self, progress: &mut impl FnMut(&RebuildProgress)) -> Result<RebuildProgress, ReadSideError> {
+    async fn rebuild_in(
+        &self,
+        progress: &mut impl FnMut(&RebuildProgress),
+    ) -> Result<RebuildProgress, ReadSideError> {
         let path = self.dir.join(REBUILD_FILE);
         // A file left by a rebuild that was interrupted is useless: start again.
         if path.exists() {
@@ -164,7 +176,9 @@ impl ReadSide {
             report.elapsed = started.elapsed();
             report.commits_per_s = report.applied as f64 / report.elapsed.as_secs_f64().max(1e-3);
             report.eta = (report.commits_per_s > 0.0).then(|| {
-                Duration::from_secs_f64(report.target.saturating_sub(report.applied) as f64 / report.commits_per_s)
+                Duration::from_secs_f64(
+                    report.target.saturating_sub(report.applied) as f64 / report.commits_per_s,
+                )
             });
             *self.rebuild.lock().expect("rebuild lock is never poisoned") = Some(report.clone());
             progress(&report);
@@ -181,7 +195,8 @@ impl ReadSide {
         // Swap: the fresh file takes the live file's name and place; readers holding the old
         // projector finish on the old file, which goes when the last of them drops it.
         fresh.flush()?;
-        std::fs::rename(&path, self.dir.join(VIEWS_FILE)).map_err(|e| ReadSideError::Rebuild(e.to_string()))?;
+        std::fs::rename(&path, self.dir.join(VIEWS_FILE))
+            .map_err(|e| ReadSideError::Rebuild(e.to_string()))?;
         *self.current.write().expect("projector lock is never poisoned") = fresh;
         let old = self.follower.lock().expect("follower lock is never poisoned").replace(follower);
         if let Some(old) = old {
@@ -189,7 +204,11 @@ impl ReadSide {
         }
         report.done = true;
         report.elapsed = started.elapsed();
-        tracing::info!(position = report.applied, seconds = report.elapsed.as_secs_f64(), "rebuild swapped in");
+        tracing::info!(
+            position = report.applied,
+            seconds = report.elapsed.as_secs_f64(),
+            "rebuild swapped in"
+        );
         progress(&report);
         Ok(report)
     }
@@ -197,7 +216,9 @@ impl ReadSide {
 
 impl Drop for ReadSide {
     fn drop(&mut self) {
-        if let Some(follower) = self.follower.lock().expect("follower lock is never poisoned").take() {
+        if let Some(follower) =
+            self.follower.lock().expect("follower lock is never poisoned").take()
+        {
             follower.abort();
         }
     }
@@ -210,7 +231,9 @@ fn follow(log: Arc<dyn EventLog>, projector: Arc<Projector>) -> JoinHandle<()> {
         loop {
             let from = projector.position();
             match projector.follow(log.subscribe(from)).await {
-                Ok(()) => tracing::warn!(position = from, "the log's stream ended; following again"),
+                Ok(()) => {
+                    tracing::warn!(position = from, "the log's stream ended; following again")
+                }
                 Err(FollowError::Source(error)) => {
                     tracing::warn!(%error, position = projector.position(), "log stream broke; following again")
                 }

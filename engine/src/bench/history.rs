@@ -51,7 +51,10 @@ impl Synthetic {
         let admin: PersonId = id("admin");
         match step {
             0 => vec![
-                Event::OrganizationCreated(OrganizationCreated { org: org.clone(), name: format!("Synthetic {org}") }),
+                Event::OrganizationCreated(OrganizationCreated {
+                    org: org.clone(),
+                    name: format!("Synthetic {org}"),
+                }),
                 Event::MemberAdded(MemberAdded {
                     person: admin,
                     email: "admin@synthetic.example".into(),
@@ -59,13 +62,20 @@ impl Synthetic {
                     role: Role::Admin,
                 }),
             ],
-            1 => vec![Event::TeamCreated(TeamCreated { team: id("eng"), name: "Engineering".into() })],
+            1 => vec![Event::TeamCreated(TeamCreated {
+                team: id("eng"),
+                name: "Engineering".into(),
+            })],
             2 => vec![Event::IntegratedAppAdded(IntegratedAppAdded {
                 app: id("crm"),
                 catalog_app: "custom-scim".into(),
                 display_name: "CRM".into(),
                 base_url: "https://scim.synthetic.example/v2".into(),
-                credentials: SealedCredentials { key_id: 1, nonce: vec![0; 24], ciphertext: vec![0; 48] },
+                credentials: SealedCredentials {
+                    key_id: 1,
+                    nonce: vec![0; 24],
+                    ciphertext: vec![0; 48],
+                },
                 seat_limit: None,
             })],
             3 => vec![Event::AppAuthorized(AppAuthorized { app: id("crm") })],
@@ -83,8 +93,14 @@ impl Synthetic {
                         display_name: format!("Person {person}"),
                         role: Role::Member,
                     })],
-                    1 => vec![Event::TeamMemberAdded(TeamMemberAdded { team: id("eng"), person: p })],
-                    2 => vec![Event::GrantRequested(GrantRequested { grant: g, app: id("crm"), person: p })],
+                    1 => {
+                        vec![Event::TeamMemberAdded(TeamMemberAdded { team: id("eng"), person: p })]
+                    }
+                    2 => vec![Event::GrantRequested(GrantRequested {
+                        grant: g,
+                        app: id("crm"),
+                        person: p,
+                    })],
                     3 => vec![Event::AccountProvisioned(AccountProvisioned {
                         account: ExternalAccount {
                             id: format!("u-{person}"),
@@ -101,7 +117,10 @@ impl Synthetic {
                     })],
                     7 if leaves => vec![
                         Event::AccountDeprovisioned(AccountDeprovisioned { grant: g.clone() }),
-                        Event::GrantRevoked(GrantRevoked { grant: g, cause: DeprovisionCause::Requested }),
+                        Event::GrantRevoked(GrantRevoked {
+                            grant: g,
+                            cause: DeprovisionCause::Requested,
+                        }),
                     ],
                     6 => vec![Event::GrantSuspended(GrantSuspended { grant: g })],
                     _ => vec![Event::GrantResumed(GrantResumed { grant: g })],
@@ -142,7 +161,11 @@ impl Iterator for Synthetic {
 
 /// Publishes commits until `events` events were written, pipelined, as the only writer.
 /// Returns the number of commits.
-pub async fn publish(log: &JetStreamLog, history: &mut Synthetic, events: usize) -> anyhow::Result<usize> {
+pub async fn publish(
+    log: &JetStreamLog,
+    history: &mut Synthetic,
+    events: usize,
+) -> anyhow::Result<usize> {
     let prefix = &log.config().subject_prefix;
     let (mut written, mut commits) = (0, 0);
     let mut pending = Vec::with_capacity(4096);
@@ -150,7 +173,8 @@ pub async fn publish(log: &JetStreamLog, history: &mut Synthetic, events: usize)
         let (commit, bytes) = history.next().expect("synthetic histories never end");
         written += commit.events.len();
         commits += 1;
-        let publish = PublishMessage::build().payload(bytes.into()).message_id(commit.command_id.as_str());
+        let publish =
+            PublishMessage::build().payload(bytes.into()).message_id(commit.command_id.as_str());
         let subject = crate::log::org_subject(prefix, &commit.org);
         pending.push(log.context().send_publish(subject, publish).await?);
         if pending.len() == 4096 {
