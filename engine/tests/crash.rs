@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use futures::StreamExt;
 use qm_engine::bench::history::{Synthetic, publish};
 use qm_engine::log::EventLog;
 use qm_engine::log::jetstream::{JetStreamConfig, JetStreamLog};
@@ -69,17 +68,12 @@ async fn a_killed_catch_up_resumes_to_exactly_the_rebuilt_views() -> anyhow::Res
     let resumed = Projector::open(dir.path().join("views.redb"))?;
     ensure!(resumed.position() == head);
     let rebuilt = Arc::new(Projector::open(dir.path().join("rebuilt.redb"))?);
-    let commits = log
-        .subscribe(0)
-        .take_while(|c| futures::future::ready(c.as_ref().map_or(true, |c| c.position <= head)));
-    let follow = rebuilt.follow(commits.take(usize::MAX));
-    tokio::time::timeout(Duration::from_secs(120), async {
-        tokio::select! {
-            result = follow => result.map_err(|e| anyhow::anyhow!("{e}")),
-            _ = rebuilt.wait_for(head, Duration::from_secs(120)) => Ok(()),
-        }
-    })
-    .await??;
+    // Follow the whole log into fresh views until they reach the head.
+    let follow = rebuilt.follow(log.subscribe(0));
+    tokio::select! {
+        result = follow => anyhow::bail!("following ended early: {:?}", result.err().map(|e| e.to_string())),
+        reached = rebuilt.wait_for(head, Duration::from_secs(120)) => { reached?; }
+    }
     ensure!(rebuilt.position() == head);
     ensure!(
         resumed.views()?.dump()? == rebuilt.views()?.dump()?,

@@ -1,11 +1,17 @@
 //! Folding commits into the views, inside one redb write transaction.
 //!
-//! Each event touches the rows it changes and nothing else. An event that does not fit the
-//! views (a grant that was never requested, a row that does not decode) is an [`ApplyError`]
-//! naming the position and the event: the projector stops rather than skip it.
+//! A [`Batch`] keeps every row it touches in memory, decoded, until the batch ends, and then
+//! writes each changed row once, in key order. A row changed by several commits of one batch is
+//! therefore decoded and written once, and the writes walk each table's pages in order.
+//!
+//! An event that does not fit the views (a grant that was never requested, a row that does not
+//! decode) is an [`ApplyError`] naming the position and the event: the projector stops rather
+//! than skip it, and the batch's transaction is dropped, so nothing of it is written.
+
+use std::collections::BTreeMap;
 
 use qm_proto::*;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -20,82 +26,177 @@ pub struct ApplyError {
     pub reason: String,
 }
 
-pub(crate) struct Tables<'txn> {
-    orgs: Table<'txn, &'static str, &'static [u8]>,
-    members: Table<'txn, Key2<'static>, &'static [u8]>,
-    teams: Table<'txn, Key2<'static>, &'static [u8]>,
-    apps: Table<'txn, Key2<'static>, &'static [u8]>,
-    grants: Table<'txn, Key2<'static>, &'static [u8]>,
-    by_app: Table<'txn, Key3<'static>, &'static str>,
-    by_person: Table<'txn, Key3<'static>, &'static str>,
-    intervals: Table<'txn, (&'static str, &'static str, &'static str, u64), &'static [u8]>,
-    open_intervals: Table<'txn, Key2<'static>, u64>,
-}
+type Result<T> = std::result::Result<T, ApplyError>;
 
 /// The facts of the commit an event belongs to.
 struct At<'a> {
-    org: &'a OrgId,
+    org: &'a str,
     position: Position,
     time: Timestamp,
     event: &'static str,
 }
 
 impl At<'_> {
-    fn fail(&self, reason: impl Into<String>) -> ApplyError {
-        ApplyError { position: self.position, event: self.event, reason: reason.into() }
+    fn fail(&self, reason: impl std::fmt::Display) -> ApplyError {
+        ApplyError { position: self.position, event: self.event, reason: reason.to_string() }
     }
 }
 
-type Result<T> = std::result::Result<T, ApplyError>;
-
-fn get<T: DeserializeOwned>(
-    table: &Table<'_, Key2<'static>, &'static [u8]>,
-    key: (&str, &str),
-    at: &At,
-) -> Result<Option<T>> {
-    let Some(bytes) = table.get(key).map_err(|e| at.fail(e.to_string()))? else { return Ok(None) };
-    postcard::from_bytes(bytes.value()).map(Some).map_err(|e| at.fail(format!("row {key:?}: {e}")))
+/// The rows of one table a batch has read or changed; `None` is a deleted row.
+struct Rows<'txn, V: redb::Value + 'static, T> {
+    table: Table<'txn, &'static str, V>,
+    rows: BTreeMap<String, Option<T>>,
 }
 
-fn must<T: DeserializeOwned>(
-    table: &Table<'_, Key2<'static>, &'static [u8]>,
-    key: (&str, &str),
+/// How a row type is stored in its table.
+trait Stored: Sized {
+    type Value: redb::Value + 'static;
+    fn read(bytes: <Self::Value as redb::Value>::SelfType<'_>)
+    -> std::result::Result<Self, String>;
+    fn insert(
+        &self,
+        table: &mut Table<'_, &'static str, Self::Value>,
+        key: &str,
+    ) -> std::result::Result<(), redb::StorageError>;
+}
+
+impl<T: Serialize + DeserializeOwned> Stored for Row<T> {
+    type Value = &'static [u8];
+    fn read(bytes: &[u8]) -> std::result::Result<Self, String> {
+        postcard::from_bytes(bytes).map(Row).map_err(|e| e.to_string())
+    }
+    fn insert(
+        &self,
+        table: &mut Table<'_, &'static str, &'static [u8]>,
+        key: &str,
+    ) -> std::result::Result<(), redb::StorageError> {
+        table.insert(key, encode(&self.0).as_slice()).map(|_| ())
+    }
+}
+
+/// A postcard-encoded view row.
+struct Row<T>(T);
+
+/// An index entry: the grant id a key points at.
+struct Pointer(String);
+
+impl Stored for Pointer {
+    type Value = &'static str;
+    fn read(value: &str) -> std::result::Result<Self, String> {
+        Ok(Pointer(value.to_string()))
+    }
+    fn insert(
+        &self,
+        table: &mut Table<'_, &'static str, &'static str>,
+        key: &str,
+    ) -> std::result::Result<(), redb::StorageError> {
+        table.insert(key, self.0.as_str()).map(|_| ())
+    }
+}
+
+impl<'txn, S: Stored> Rows<'txn, S::Value, S> {
+    fn open(
+        txn: &'txn WriteTransaction,
+        def: TableDefinition<&'static str, S::Value>,
+    ) -> std::result::Result<Self, redb::TableError> {
+        Ok(Rows { table: txn.open_table(def)?, rows: BTreeMap::new() })
+    }
+
+    /// The row at `key`, read from the table on first touch.
+    fn get(&mut self, key: &str, at: &At) -> Result<Option<&mut S>> {
+        if !self.rows.contains_key(key) {
+            let stored = self.table.get(key).map_err(|e| at.fail(e))?;
+            let row = stored
+                .map(|v| S::read(v.value()))
+                .transpose()
+                .map_err(|e| at.fail(format!("row {key:?}: {e}")))?;
+            self.rows.insert(key.to_string(), row);
+        }
+        Ok(self.rows.get_mut(key).and_then(Option::as_mut))
+    }
+
+    fn put(&mut self, key: String, row: S) {
+        self.rows.insert(key, Some(row));
+    }
+
+    fn remove(&mut self, key: String) {
+        self.rows.insert(key, None);
+    }
+
+    /// Writes every touched row, in key order.
+    fn flush(mut self) -> std::result::Result<(), redb::StorageError> {
+        for (key, row) in std::mem::take(&mut self.rows) {
+            match row {
+                Some(row) => row.insert(&mut self.table, &key)?,
+                None => {
+                    self.table.remove(key.as_str())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One batch of commits being applied.
+pub(crate) struct Batch<'txn> {
+    orgs: Rows<'txn, &'static [u8], Row<OrganizationView>>,
+    members: Rows<'txn, &'static [u8], Row<MemberView>>,
+    teams: Rows<'txn, &'static [u8], Row<TeamView>>,
+    apps: Rows<'txn, &'static [u8], Row<AppView>>,
+    grants: Rows<'txn, &'static [u8], Row<GrantView>>,
+    by_app: Rows<'txn, &'static str, Pointer>,
+    by_person: Rows<'txn, &'static str, Pointer>,
+    intervals: Rows<'txn, &'static [u8], Row<AccessInterval>>,
+}
+
+/// The row at `key`, which must exist.
+fn must<'r, T>(
+    rows: &'r mut Rows<'_, &'static [u8], Row<T>>,
+    key: &str,
     what: &str,
     at: &At,
-) -> Result<T> {
-    get(table, key, at)?.ok_or_else(|| at.fail(format!("{what} {} is not in the views", key.1)))
+) -> Result<&'r mut T>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let id = key.rsplit('\0').next().unwrap_or(key);
+    match rows.get(key, at)? {
+        Some(row) => Ok(&mut row.0),
+        None => Err(at.fail(format!("{what} {id} is not in the views"))),
+    }
 }
 
-fn put<T: Serialize>(
-    table: &mut Table<'_, Key2<'static>, &'static [u8]>,
-    key: (&str, &str),
-    row: &T,
-    at: &At,
-) -> Result<()> {
-    table.insert(key, encode(row).as_slice()).map_err(|e| at.fail(e.to_string()))?;
-    Ok(())
-}
-
-impl<'txn> Tables<'txn> {
+impl<'txn> Batch<'txn> {
     pub(crate) fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
-        Ok(Tables {
-            orgs: txn.open_table(ORGS)?,
-            members: txn.open_table(MEMBERS)?,
-            teams: txn.open_table(TEAMS)?,
-            apps: txn.open_table(APPS)?,
-            grants: txn.open_table(GRANTS)?,
-            by_app: txn.open_table(BY_APP)?,
-            by_person: txn.open_table(BY_PERSON)?,
-            intervals: txn.open_table(INTERVALS)?,
-            open_intervals: txn.open_table(OPEN_INTERVALS)?,
+        Ok(Batch {
+            orgs: Rows::open(txn, ORGS)?,
+            members: Rows::open(txn, MEMBERS)?,
+            teams: Rows::open(txn, TEAMS)?,
+            apps: Rows::open(txn, APPS)?,
+            grants: Rows::open(txn, GRANTS)?,
+            by_app: Rows::open(txn, BY_APP)?,
+            by_person: Rows::open(txn, BY_PERSON)?,
+            intervals: Rows::open(txn, INTERVALS)?,
         })
+    }
+
+    /// Writes everything the batch changed into its transaction.
+    pub(crate) fn finish(self) -> std::result::Result<(), redb::StorageError> {
+        self.orgs.flush()?;
+        self.members.flush()?;
+        self.teams.flush()?;
+        self.apps.flush()?;
+        self.grants.flush()?;
+        self.by_app.flush()?;
+        self.by_person.flush()?;
+        self.intervals.flush()
     }
 
     pub(crate) fn apply(&mut self, recorded: &RecordedCommit) -> Result<()> {
         let commit = &recorded.commit;
         for event in &commit.events {
             let at = At {
-                org: &commit.org,
+                org: commit.org.as_str(),
                 position: recorded.position,
                 time: commit.recorded_at,
                 event: event.name(),
@@ -106,7 +207,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn apply_event(&mut self, event: &Event, at: &At) -> Result<()> {
-        let org = at.org.as_str();
+        let org = at.org;
         match event {
             Event::OrganizationCreated(e) => {
                 let row = OrganizationView {
@@ -116,9 +217,7 @@ impl<'txn> Tables<'txn> {
                     members: 0,
                     teams: 0,
                 };
-                self.orgs
-                    .insert(org, encode(&row).as_slice())
-                    .map_err(|e| at.fail(e.to_string()))?;
+                self.orgs.put(org.to_string(), Row(row));
             }
             Event::MemberAdded(e) => {
                 let row = MemberView {
@@ -128,42 +227,61 @@ impl<'txn> Tables<'txn> {
                     role: e.role,
                     teams: Vec::new(),
                 };
-                put(&mut self.members, (org, e.person.as_str()), &row, at)?;
-                self.count_org(at, 1, 0)?;
+                self.members.put(key(&[org, e.person.as_str()]), Row(row));
+                must(&mut self.orgs, org, "organization", at)?.members += 1;
             }
             Event::MemberRemoved(e) => {
-                let member: MemberView =
-                    must(&self.members, (org, e.person.as_str()), "member", at)?;
-                for team in &member.teams {
-                    self.edit_team(at, team, |t| t.members.retain(|p| p != &e.person))?;
+                let member_key = key(&[org, e.person.as_str()]);
+                let teams = must(&mut self.members, &member_key, "member", at)?.teams.clone();
+                for team in &teams {
+                    must(&mut self.teams, &key(&[org, team.as_str()]), "team", at)?
+                        .members
+                        .retain(|p| p != &e.person);
                 }
-                self.members
-                    .remove((org, e.person.as_str()))
-                    .map_err(|e| at.fail(e.to_string()))?;
-                self.count_org(at, -1, 0)?;
+                self.members.remove(member_key);
+                let row = must(&mut self.orgs, org, "organization", at)?;
+                row.members = row.members.saturating_sub(1);
             }
-            Event::MemberRoleChanged(e) => self.edit_member(at, &e.person, |m| m.role = e.role)?,
+            Event::MemberRoleChanged(e) => {
+                must(&mut self.members, &key(&[org, e.person.as_str()]), "member", at)?.role =
+                    e.role;
+            }
             Event::TeamCreated(e) => {
                 let row =
                     TeamView { team: e.team.clone(), name: e.name.clone(), members: Vec::new() };
-                put(&mut self.teams, (org, e.team.as_str()), &row, at)?;
-                self.count_org(at, 0, 1)?;
+                self.teams.put(key(&[org, e.team.as_str()]), Row(row));
+                must(&mut self.orgs, org, "organization", at)?.teams += 1;
             }
             Event::TeamDeleted(e) => {
-                let team: TeamView = must(&self.teams, (org, e.team.as_str()), "team", at)?;
-                for person in &team.members {
-                    self.edit_member(at, person, |m| m.teams.retain(|t| t != &e.team))?;
+                let team_key = key(&[org, e.team.as_str()]);
+                let members = must(&mut self.teams, &team_key, "team", at)?.members.clone();
+                for person in &members {
+                    must(&mut self.members, &key(&[org, person.as_str()]), "member", at)?
+                        .teams
+                        .retain(|t| t != &e.team);
                 }
-                self.teams.remove((org, e.team.as_str())).map_err(|e| at.fail(e.to_string()))?;
-                self.count_org(at, 0, -1)?;
+                self.teams.remove(team_key);
+                let row = must(&mut self.orgs, org, "organization", at)?;
+                row.teams = row.teams.saturating_sub(1);
             }
             Event::TeamMemberAdded(e) => {
-                self.edit_team(at, &e.team, |t| insert_sorted(&mut t.members, &e.person))?;
-                self.edit_member(at, &e.person, |m| insert_sorted(&mut m.teams, &e.team))?;
+                insert_sorted(
+                    &mut must(&mut self.teams, &key(&[org, e.team.as_str()]), "team", at)?.members,
+                    &e.person,
+                );
+                insert_sorted(
+                    &mut must(&mut self.members, &key(&[org, e.person.as_str()]), "member", at)?
+                        .teams,
+                    &e.team,
+                );
             }
             Event::TeamMemberRemoved(e) => {
-                self.edit_team(at, &e.team, |t| t.members.retain(|p| p != &e.person))?;
-                self.edit_member(at, &e.person, |m| m.teams.retain(|t| t != &e.team))?;
+                must(&mut self.teams, &key(&[org, e.team.as_str()]), "team", at)?
+                    .members
+                    .retain(|p| p != &e.person);
+                must(&mut self.members, &key(&[org, e.person.as_str()]), "member", at)?
+                    .teams
+                    .retain(|t| t != &e.team);
             }
             Event::IntegratedAppAdded(e) => {
                 let row = AppView {
@@ -175,27 +293,22 @@ impl<'txn> Tables<'txn> {
                     seat_limit: e.seat_limit,
                     seats_used: 0,
                 };
-                put(&mut self.apps, (org, e.app.as_str()), &row, at)?;
+                self.apps.put(key(&[org, e.app.as_str()]), Row(row));
             }
             Event::AppCredentialsUpdated(e) => {
-                self.edit_app(at, &e.app, |a| a.status = AppStatusView::Authorizing)?
+                self.app(at, &e.app)?.status = AppStatusView::Authorizing
             }
-            Event::SeatLimitChanged(e) => {
-                self.edit_app(at, &e.app, |a| a.seat_limit = e.seat_limit)?
+            Event::SeatLimitChanged(e) => self.app(at, &e.app)?.seat_limit = e.seat_limit,
+            Event::AppAuthorized(e) => self.app(at, &e.app)?.status = AppStatusView::Authorized,
+            Event::AppAuthorizationFailed(e) => {
+                self.app(at, &e.app)?.status =
+                    AppStatusView::AuthorizationFailed { reason: e.reason.clone() }
             }
-            Event::AppAuthorized(e) => {
-                self.edit_app(at, &e.app, |a| a.status = AppStatusView::Authorized)?
-            }
-            Event::AppAuthorizationFailed(e) => self.edit_app(at, &e.app, |a| {
-                a.status = AppStatusView::AuthorizationFailed { reason: e.reason.clone() }
-            })?,
-            Event::IntegratedAppRemoved(e) => {
-                self.edit_app(at, &e.app, |a| a.status = AppStatusView::Removed)?
-            }
+            Event::IntegratedAppRemoved(e) => self.app(at, &e.app)?.status = AppStatusView::Removed,
             Event::GrantRequested(e) => {
                 let row = GrantView {
                     grant: e.grant.clone(),
-                    org: at.org.clone(),
+                    org: at.org.parse().map_err(|e| at.fail(e))?,
                     app: e.app.clone(),
                     person: e.person.clone(),
                     status: GrantStatus::Requested,
@@ -207,153 +320,105 @@ impl<'txn> Tables<'txn> {
                     requested_at: at.time,
                     updated_at: at.time,
                     position: at.position,
+                    access_since: None,
                 };
-                put(&mut self.grants, (org, e.grant.as_str()), &row, at)?;
-                let index = |e: redb::StorageError| at.fail(e.to_string());
-                self.by_app
-                    .insert((org, e.app.as_str(), e.person.as_str()), e.grant.as_str())
-                    .map_err(index)?;
-                self.by_person
-                    .insert((e.person.as_str(), org, e.app.as_str()), e.grant.as_str())
-                    .map_err(index)?;
-                self.edit_app(at, &e.app, |a| a.seats_used += 1)?;
+                self.grants.put(key(&[org, e.grant.as_str()]), Row(row));
+                let (app, person, grant) = (e.app.as_str(), e.person.as_str(), e.grant.to_string());
+                self.by_app.put(key(&[org, app, person]), Pointer(grant.clone()));
+                self.by_person.put(key(&[person, org, app]), Pointer(grant));
+                self.app(at, &e.app)?.seats_used += 1;
             }
             Event::AccountProvisioned(e) => {
-                let grant = self.edit_grant(at, &e.grant, |g| {
-                    g.account = Some(e.account.clone());
-                    if g.deprovision_cause.is_none() {
-                        g.status = GrantStatus::Active;
-                        g.attempts = 0;
-                        g.last_error = None;
-                        g.next_retry_at = None;
-                    }
-                })?;
-                self.open_interval(at, &grant)?;
+                let grant = self.grant(at, &e.grant)?;
+                grant.account = Some(e.account.clone());
+                if grant.deprovision_cause.is_none() {
+                    grant.status = GrantStatus::Active;
+                    grant.attempts = 0;
+                    grant.last_error = None;
+                    grant.next_retry_at = None;
+                }
+                self.open_interval(at, &e.grant)?;
             }
             Event::ProvisioningFailed(e) => {
-                self.edit_grant(at, &e.grant, |g| {
-                    g.attempts = e.attempt;
-                    g.last_error = Some(e.reason.clone());
-                    g.next_retry_at = e.next_retry_at;
-                    if g.deprovision_cause.is_none() {
-                        g.status = GrantStatus::Failed;
-                    }
-                })?;
+                let grant = self.grant(at, &e.grant)?;
+                grant.attempts = e.attempt;
+                grant.last_error = Some(e.reason.clone());
+                grant.next_retry_at = e.next_retry_at;
+                if grant.deprovision_cause.is_none() {
+                    grant.status = GrantStatus::Failed;
+                }
             }
             Event::GrantQuarantined(e) => {
-                self.edit_grant(at, &e.grant, |g| {
-                    g.status = GrantStatus::Quarantined;
-                    g.last_error = Some(e.reason.clone());
-                    g.next_retry_at = None;
-                })?;
+                let grant = self.grant(at, &e.grant)?;
+                grant.status = GrantStatus::Quarantined;
+                grant.last_error = Some(e.reason.clone());
+                grant.next_retry_at = None;
             }
             Event::GrantRetried(e) => {
-                self.edit_grant(at, &e.grant, |g| {
-                    g.attempts = 0;
-                    g.status = match g.deprovision_cause {
-                        Some(_) => GrantStatus::Deprovisioning,
-                        None => GrantStatus::Requested,
-                    };
-                })?;
+                let grant = self.grant(at, &e.grant)?;
+                grant.attempts = 0;
+                grant.status = match grant.deprovision_cause {
+                    Some(_) => GrantStatus::Deprovisioning,
+                    None => GrantStatus::Requested,
+                };
             }
             Event::GrantSuspended(e) => {
-                let grant = self.edit_grant(at, &e.grant, |g| g.status = GrantStatus::Suspended)?;
-                self.close_interval(at, &grant, IntervalEnd::Suspended)?;
+                self.grant(at, &e.grant)?.status = GrantStatus::Suspended;
+                self.close_interval(at, &e.grant, IntervalEnd::Suspended)?;
             }
             Event::GrantResumed(e) => {
-                let grant = self.edit_grant(at, &e.grant, |g| g.status = GrantStatus::Active)?;
-                self.open_interval(at, &grant)?;
+                self.grant(at, &e.grant)?.status = GrantStatus::Active;
+                self.open_interval(at, &e.grant)?;
             }
             Event::DeprovisioningRequested(e) => {
-                self.edit_grant(at, &e.grant, |g| {
-                    g.status = GrantStatus::Deprovisioning;
-                    g.deprovision_cause = Some(e.cause);
-                    g.attempts = 0;
-                })?;
+                let grant = self.grant(at, &e.grant)?;
+                grant.status = GrantStatus::Deprovisioning;
+                grant.deprovision_cause = Some(e.cause);
+                grant.attempts = 0;
             }
             Event::AccountDeprovisioned(e) => {
-                let grant: GrantView = must(&self.grants, (org, e.grant.as_str()), "grant", at)?;
-                let cause = grant.deprovision_cause.unwrap_or(DeprovisionCause::Requested);
-                self.close_interval(at, &grant, IntervalEnd::Deprovisioned(cause))?;
+                let cause = self
+                    .grant(at, &e.grant)?
+                    .deprovision_cause
+                    .unwrap_or(DeprovisionCause::Requested);
+                self.close_interval(at, &e.grant, IntervalEnd::Deprovisioned(cause))?;
             }
             Event::GrantRevoked(e) => {
-                let grant = self.edit_grant(at, &e.grant, |g| {
-                    g.status = GrantStatus::Revoked;
-                    g.deprovision_cause = Some(e.cause);
-                })?;
-                self.close_interval(at, &grant, IntervalEnd::Deprovisioned(e.cause))?;
-                let index = |e: redb::StorageError| at.fail(e.to_string());
-                let (app, person) = (grant.app.as_str(), grant.person.as_str());
-                self.by_app.remove((org, app, person)).map_err(index)?;
-                self.by_person.remove((person, org, app)).map_err(index)?;
-                self.edit_app(at, &grant.app, |a| a.seats_used = a.seats_used.saturating_sub(1))?;
+                let grant = self.grant(at, &e.grant)?;
+                grant.status = GrantStatus::Revoked;
+                grant.deprovision_cause = Some(e.cause);
+                let (app, person) = (grant.app.clone(), grant.person.clone());
+                self.close_interval(at, &e.grant, IntervalEnd::Deprovisioned(e.cause))?;
+                self.by_app.remove(key(&[org, app.as_str(), person.as_str()]));
+                self.by_person.remove(key(&[person.as_str(), org, app.as_str()]));
+                let row = self.app(at, &app)?;
+                row.seats_used = row.seats_used.saturating_sub(1);
             }
         }
         Ok(())
     }
 
-    fn count_org(&mut self, at: &At, members: i32, teams: i32) -> Result<()> {
-        let org = at.org.as_str();
-        let bytes =
-            self.orgs.get(org).map_err(|e| at.fail(e.to_string()))?.map(|b| b.value().to_vec());
-        let mut row: OrganizationView = match bytes {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| at.fail(e.to_string()))?,
-            None => return Err(at.fail(format!("organization {org} is not in the views"))),
-        };
-        row.members = row.members.saturating_add_signed(members);
-        row.teams = row.teams.saturating_add_signed(teams);
-        self.orgs.insert(org, encode(&row).as_slice()).map_err(|e| at.fail(e.to_string()))?;
-        Ok(())
+    fn app(&mut self, at: &At, app: &AppId) -> Result<&mut AppView> {
+        must(&mut self.apps, &key(&[at.org, app.as_str()]), "app", at)
     }
 
-    fn edit_member(
-        &mut self,
-        at: &At,
-        person: &PersonId,
-        f: impl FnOnce(&mut MemberView),
-    ) -> Result<()> {
-        let key = (at.org.as_str(), person.as_str());
-        let mut row: MemberView = must(&self.members, key, "member", at)?;
-        f(&mut row);
-        put(&mut self.members, key, &row, at)
-    }
-
-    fn edit_team(&mut self, at: &At, team: &TeamId, f: impl FnOnce(&mut TeamView)) -> Result<()> {
-        let key = (at.org.as_str(), team.as_str());
-        let mut row: TeamView = must(&self.teams, key, "team", at)?;
-        f(&mut row);
-        put(&mut self.teams, key, &row, at)
-    }
-
-    fn edit_app(&mut self, at: &At, app: &AppId, f: impl FnOnce(&mut AppView)) -> Result<()> {
-        let key = (at.org.as_str(), app.as_str());
-        let mut row: AppView = must(&self.apps, key, "app", at)?;
-        f(&mut row);
-        put(&mut self.apps, key, &row, at)
-    }
-
-    fn edit_grant(
-        &mut self,
-        at: &At,
-        grant: &GrantId,
-        f: impl FnOnce(&mut GrantView),
-    ) -> Result<GrantView> {
-        let key = (at.org.as_str(), grant.as_str());
-        let mut row: GrantView = must(&self.grants, key, "grant", at)?;
-        f(&mut row);
+    /// A grant, stamped as changed by this event.
+    fn grant(&mut self, at: &At, grant: &GrantId) -> Result<&mut GrantView> {
+        let row = must(&mut self.grants, &key(&[at.org, grant.as_str()]), "grant", at)?;
         row.updated_at = at.time;
         row.position = at.position;
-        put(&mut self.grants, key, &row, at)?;
         Ok(row)
     }
 
-    fn open_interval(&mut self, at: &At, grant: &GrantView) -> Result<()> {
-        if grant.status != GrantStatus::Active {
+    /// Opens an access interval if the grant is now active and has none open.
+    fn open_interval(&mut self, at: &At, grant_id: &GrantId) -> Result<()> {
+        let grant = self.grant(at, grant_id)?;
+        if grant.status != GrantStatus::Active || grant.access_since.is_some() {
             return Ok(());
         }
-        let org = at.org.as_str();
+        grant.access_since = Some(at.position);
         let row = AccessInterval {
-            org: at.org.clone(),
+            org: grant.org.clone(),
             app: grant.app.clone(),
             person: grant.person.clone(),
             grant: grant.grant.clone(),
@@ -363,30 +428,21 @@ impl<'txn> Tables<'txn> {
             to_position: None,
             ended_by: None,
         };
-        let key = (org, grant.app.as_str(), grant.person.as_str(), at.position);
-        let fail = |e: redb::StorageError| at.fail(e.to_string());
-        self.intervals.insert(key, encode(&row).as_slice()).map_err(fail)?;
-        self.open_intervals.insert((org, grant.grant.as_str()), at.position).map_err(fail)?;
+        let interval_key =
+            key(&[at.org, grant.app.as_str(), grant.person.as_str(), &position_part(at.position)]);
+        self.intervals.put(interval_key, Row(row));
         Ok(())
     }
 
-    fn close_interval(&mut self, at: &At, grant: &GrantView, end: IntervalEnd) -> Result<()> {
-        let org = at.org.as_str();
-        let fail = |e: redb::StorageError| at.fail(e.to_string());
-        let Some(opened) = self.open_intervals.remove((org, grant.grant.as_str())).map_err(fail)?
-        else {
-            return Ok(());
-        };
-        let opened = opened.value();
-        let key = (org, grant.app.as_str(), grant.person.as_str(), opened);
-        let bytes = self.intervals.get(key).map_err(fail)?.map(|b| b.value().to_vec());
-        let Some(bytes) = bytes else { return Err(at.fail("open interval row is missing")) };
-        let mut row: AccessInterval =
-            postcard::from_bytes(&bytes).map_err(|e| at.fail(e.to_string()))?;
-        row.to = Some(at.time);
-        row.to_position = Some(at.position);
-        row.ended_by = Some(end);
-        self.intervals.insert(key, encode(&row).as_slice()).map_err(fail)?;
+    fn close_interval(&mut self, at: &At, grant_id: &GrantId, end: IntervalEnd) -> Result<()> {
+        let grant = self.grant(at, grant_id)?;
+        let Some(opened) = grant.access_since.take() else { return Ok(()) };
+        let interval_key =
+            key(&[at.org, grant.app.as_str(), grant.person.as_str(), &position_part(opened)]);
+        let interval = must(&mut self.intervals, &interval_key, "open interval of grant", at)?;
+        interval.to = Some(at.time);
+        interval.to_position = Some(at.position);
+        interval.ended_by = Some(end);
         Ok(())
     }
 }

@@ -15,14 +15,16 @@ use qm_proto::{Position, RecordedCommit};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
-use crate::apply::{ApplyError, Tables};
+use crate::apply::{ApplyError, Batch};
 use crate::query::Views;
 use crate::views::{META, POSITION_KEY};
 
 /// The longest a projector goes without a durable commit while it applies commits.
 pub const DURABLE_EVERY: Duration = Duration::from_millis(500);
-/// The most commits one batch takes.
-pub const MAX_BATCH: usize = 4096;
+/// The most commits one batch takes. Large batches matter: redb copies each page a transaction
+/// touches once, so the cost per commit falls as more commits share a transaction (measured:
+/// 49k commits/s at 1,000 per batch, 81k at 4,096, 113k at 16,384, 148k at 65,536).
+pub const MAX_BATCH: usize = 32_768;
 /// redb's page cache per views file.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -97,7 +99,7 @@ impl Projector {
             .map_err(|e| storage(e.into()))?;
         let write = db.begin_write().map_err(|e| storage(e.into()))?;
         {
-            let _tables = Tables::open(&write).map_err(|e| storage(e.into()))?;
+            let _tables = Batch::open(&write).map_err(|e| storage(e.into()))?;
             write.open_table(META).map_err(|e| storage(e.into()))?;
         }
         write.commit().map_err(|e| storage(e.into()))?;
@@ -156,7 +158,7 @@ impl Projector {
         let mut position = checkpoint;
         let mut applied = 0;
         {
-            let mut tables = Tables::open(&write).map_err(|e| storage(&e))?;
+            let mut tables = Batch::open(&write).map_err(|e| storage(&e))?;
             for recorded in batch.iter().filter(|c| c.position > checkpoint) {
                 if let Err(error) = tables.apply(recorded) {
                     drop(tables);
@@ -169,6 +171,7 @@ impl Projector {
                 position = recorded.position;
                 applied += 1;
             }
+            tables.finish().map_err(|e| storage(&e))?;
             let mut meta = write.open_table(META).map_err(|e| storage(&e))?;
             meta.insert(POSITION_KEY, position).map_err(|e| storage(&e))?;
         }
@@ -213,18 +216,32 @@ impl Projector {
     }
 
     /// Applies `commits`, which must start after [`Projector::position`], until the stream
-    /// ends or fails. Batches take whatever commits are ready, up to [`MAX_BATCH`], so a busy
-    /// log gives large batches and a quiet one applies each commit as it lands.
+    /// ends or fails. A reader task keeps pulling commits while a batch is applied; each batch
+    /// takes whatever has arrived, up to [`MAX_BATCH`], so catching up gives large batches and
+    /// a quiet log applies each commit as it lands.
     pub async fn follow<S, E>(self: &Arc<Self>, commits: S) -> Result<(), FollowError<E>>
     where
-        S: Stream<Item = Result<RecordedCommit, E>> + Send,
-        E: Send,
+        S: Stream<Item = Result<RecordedCommit, E>> + Send + 'static,
+        E: Send + 'static,
     {
-        let mut batches = std::pin::pin!(commits.ready_chunks(MAX_BATCH));
-        while let Some(items) = batches.next().await {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(MAX_BATCH);
+        let reader = tokio::spawn(async move {
+            let mut commits = std::pin::pin!(commits);
+            while let Some(item) = commits.next().await {
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // Stop the reader however this function returns.
+        let _reader = AbortOnDrop(reader);
+
+        let mut items = Vec::with_capacity(MAX_BATCH);
+        while receiver.recv_many(&mut items, MAX_BATCH).await > 0 {
             let mut batch = Vec::with_capacity(items.len());
             let mut failed = None;
-            for item in items {
+            for item in items.drain(..) {
                 match item {
                     Ok(commit) => batch.push(commit),
                     Err(e) => {
@@ -244,5 +261,13 @@ impl Projector {
             }
         }
         Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

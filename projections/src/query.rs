@@ -15,9 +15,6 @@ use crate::views::*;
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
-/// Above every id: ids are printable ASCII below 0x7f.
-const KEY_MAX: &str = "\u{7f}";
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageRequest {
     /// 0 means the default size; larger than [`MAX_PAGE`] is clamped.
@@ -58,16 +55,16 @@ impl PageRequest {
         }
     }
 
-    /// The key parts after which this page starts.
-    fn after(&self) -> Result<Option<Vec<String>>> {
+    /// The key after which this page starts, which must lie in `range`.
+    fn after(&self, range: &(String, String)) -> Result<Option<String>> {
         let Some(token) = &self.token else { return Ok(None) };
         let bytes = hex::decode(token).map_err(|_| QueryError::BadPageToken)?;
-        postcard::from_bytes(&bytes).map(Some).map_err(|_| QueryError::BadPageToken)
+        let key = String::from_utf8(bytes).map_err(|_| QueryError::BadPageToken)?;
+        if key.as_str() < range.0.as_str() || key.as_str() >= range.1.as_str() {
+            return Err(QueryError::BadPageToken);
+        }
+        Ok(Some(key))
     }
-}
-
-fn token(parts: &[&str]) -> String {
-    hex::encode(postcard::to_stdvec(parts).expect("postcard encodes strings"))
 }
 
 /// One consistent read of the views.
@@ -98,31 +95,31 @@ impl Views {
     }
 
     pub fn organization(&self, org: &OrgId) -> Result<Option<OrganizationView>> {
-        self.table(ORGS)?.get(org.as_str()).map_err(storage)?.map(|v| decode(v.value())).transpose()
+        self.get(ORGS, org.as_str())
     }
 
     pub fn member(&self, org: &OrgId, person: &PersonId) -> Result<Option<MemberView>> {
-        self.get2(MEMBERS, org.as_str(), person.as_str())
+        self.get(MEMBERS, &key(&[org.as_str(), person.as_str()]))
     }
 
     pub fn members(&self, org: &OrgId, page: &PageRequest) -> Result<Page<MemberView>> {
-        self.page2(MEMBERS, org.as_str(), page)
+        self.rows(MEMBERS, &[org.as_str()], page)
     }
 
     pub fn teams(&self, org: &OrgId, page: &PageRequest) -> Result<Page<TeamView>> {
-        self.page2(TEAMS, org.as_str(), page)
+        self.rows(TEAMS, &[org.as_str()], page)
     }
 
     pub fn app(&self, org: &OrgId, app: &AppId) -> Result<Option<AppView>> {
-        self.get2(APPS, org.as_str(), app.as_str())
+        self.get(APPS, &key(&[org.as_str(), app.as_str()]))
     }
 
     pub fn apps(&self, org: &OrgId, page: &PageRequest) -> Result<Page<AppView>> {
-        self.page2(APPS, org.as_str(), page)
+        self.rows(APPS, &[org.as_str()], page)
     }
 
     pub fn grant(&self, org: &OrgId, grant: &GrantId) -> Result<Option<GrantView>> {
-        self.get2(GRANTS, org.as_str(), grant.as_str())
+        self.get(GRANTS, &key(&[org.as_str(), grant.as_str()]))
     }
 
     /// Who has access: the live grants of one app, by person.
@@ -132,28 +129,11 @@ impl Views {
         app: &AppId,
         page: &PageRequest,
     ) -> Result<Page<GrantView>> {
-        let (org, app) = (org.as_str(), app.as_str());
-        let after = page.after()?;
-        let start = match &after {
-            Some(parts) if parts.len() == 1 => Bound::Excluded((org, app, parts[0].as_str())),
-            Some(_) => return Err(QueryError::BadPageToken),
-            None => Bound::Included((org, app, "")),
-        };
-        let index = self.table(BY_APP)?;
         let grants = self.table(GRANTS)?;
-        let mut items = Vec::new();
-        let mut last = None;
-        for entry in index.range((start, Bound::Included((org, app, KEY_MAX)))).map_err(storage)? {
-            let (key, grant) = entry.map_err(storage)?;
-            if items.len() == page.size() {
-                return Ok(Page { items, next_token: last });
-            }
-            let row = grants.get((org, grant.value())).map_err(storage)?;
-            let row = row.ok_or_else(|| storage("index names a missing grant"))?;
-            items.push(decode(row.value())?);
-            last = Some(token(&[key.value().2]));
-        }
-        Ok(Page { items, next_token: None })
+        self.scan(BY_APP, &[org.as_str(), app.as_str()], page, |_, grant| {
+            let row = grants.get(key(&[org.as_str(), grant]).as_str()).map_err(storage)?;
+            decode(row.ok_or_else(|| storage("index names a missing grant"))?.value())
+        })
     }
 
     /// One person's live grants across organizations.
@@ -162,33 +142,12 @@ impl Views {
         person: &PersonId,
         page: &PageRequest,
     ) -> Result<Page<GrantView>> {
-        let person = person.as_str();
-        let after = page.after()?;
-        let start = match &after {
-            Some(parts) if parts.len() == 2 => {
-                Bound::Excluded((person, parts[0].as_str(), parts[1].as_str()))
-            }
-            Some(_) => return Err(QueryError::BadPageToken),
-            None => Bound::Included((person, "", "")),
-        };
-        let index = self.table(BY_PERSON)?;
         let grants = self.table(GRANTS)?;
-        let mut items = Vec::new();
-        let mut last = None;
-        for entry in
-            index.range((start, Bound::Included((person, KEY_MAX, KEY_MAX)))).map_err(storage)?
-        {
-            let (key, grant) = entry.map_err(storage)?;
-            if items.len() == page.size() {
-                return Ok(Page { items, next_token: last });
-            }
-            let (_, org, app) = key.value();
-            let row = grants.get((org, grant.value())).map_err(storage)?;
-            let row = row.ok_or_else(|| storage("index names a missing grant"))?;
-            items.push(decode(row.value())?);
-            last = Some(token(&[org, app]));
-        }
-        Ok(Page { items, next_token: None })
+        self.scan(BY_PERSON, &[person.as_str()], page, |index_key, grant| {
+            let org = parts(index_key).get(1).copied().unwrap_or_default();
+            let row = grants.get(key(&[org, grant]).as_str()).map_err(storage)?;
+            decode(row.ok_or_else(|| storage("index names a missing grant"))?.value())
+        })
     }
 
     /// What one person sees: every app account they hold, across organizations.
@@ -198,18 +157,13 @@ impl Views {
         let apps = self.table(APPS)?;
         let mut items = Vec::with_capacity(grants.items.len());
         for grant in grants.items {
-            let org: OrganizationView = decode(
-                orgs.get(grant.org.as_str())
-                    .map_err(storage)?
-                    .ok_or_else(|| storage("missing organization"))?
-                    .value(),
-            )?;
-            let app: AppView = decode(
-                apps.get((grant.org.as_str(), grant.app.as_str()))
-                    .map_err(storage)?
-                    .ok_or_else(|| storage("missing app"))?
-                    .value(),
-            )?;
+            let org = orgs.get(grant.org.as_str()).map_err(storage)?;
+            let org: OrganizationView =
+                decode(org.ok_or_else(|| storage("missing organization"))?.value())?;
+            let app = apps
+                .get(key(&[grant.org.as_str(), grant.app.as_str()]).as_str())
+                .map_err(storage)?;
+            let app: AppView = decode(app.ok_or_else(|| storage("missing app"))?.value())?;
             items.push(LaunchpadEntry {
                 org: grant.org,
                 org_name: org.name,
@@ -227,12 +181,10 @@ impl Views {
 
     /// Every access interval of one app, in (person, opened) order.
     pub fn access_intervals(&self, org: &OrgId, app: &AppId) -> Result<Vec<AccessInterval>> {
-        let (org, app) = (org.as_str(), app.as_str());
+        let (start, end) = prefix_range(&[org.as_str(), app.as_str()]);
         let table = self.table(INTERVALS)?;
         let mut out = Vec::new();
-        for entry in
-            table.range((org, app, "", 0)..=(org, app, KEY_MAX, u64::MAX)).map_err(storage)?
-        {
+        for entry in table.range(start.as_str()..end.as_str()).map_err(storage)? {
             let (_, row) = entry.map_err(storage)?;
             out.push(decode(row.value())?);
         }
@@ -254,67 +206,71 @@ impl Views {
     /// Every row of every view, one line each, in table and key order: two views files hold
     /// the same views exactly when their dumps are equal.
     pub fn dump(&self) -> Result<Vec<String>> {
-        fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
-            views: &Views,
-            def: TableDefinition<K, V>,
-            out: &mut Vec<String>,
-        ) -> Result<()>
-        where
-            for<'a> K::SelfType<'a>: std::fmt::Debug,
-            for<'a> V::SelfType<'a>: std::fmt::Debug,
-        {
-            let name = def.name().to_string();
-            for entry in views.table(def)?.iter().map_err(storage)? {
-                let (key, value) = entry.map_err(storage)?;
-                out.push(format!("{name} {:?} => {:?}", key.value(), value.value()));
-            }
-            Ok(())
-        }
         let mut out = Vec::new();
-        rows(self, META, &mut out)?;
-        rows(self, ORGS, &mut out)?;
-        rows(self, MEMBERS, &mut out)?;
-        rows(self, TEAMS, &mut out)?;
-        rows(self, APPS, &mut out)?;
-        rows(self, GRANTS, &mut out)?;
-        rows(self, BY_APP, &mut out)?;
-        rows(self, BY_PERSON, &mut out)?;
-        rows(self, INTERVALS, &mut out)?;
-        rows(self, OPEN_INTERVALS, &mut out)?;
+        let meta = self.table(META)?;
+        for entry in meta.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            out.push(format!("meta {:?} => {}", k.value(), v.value()));
+        }
+        for def in [ORGS, MEMBERS, TEAMS, APPS, GRANTS, INTERVALS] {
+            for entry in self.table(def)?.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                out.push(format!("{} {:?} => {}", def.name(), k.value(), hex::encode(v.value())));
+            }
+        }
+        for def in [BY_APP, BY_PERSON] {
+            for entry in self.table(def)?.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                out.push(format!("{} {:?} => {}", def.name(), k.value(), v.value()));
+            }
+        }
         Ok(out)
     }
 
-    fn get2<T: DeserializeOwned>(
+    fn get<T: DeserializeOwned>(
         &self,
-        def: TableDefinition<Key2, &[u8]>,
-        a: &str,
-        b: &str,
+        def: TableDefinition<&str, &[u8]>,
+        row_key: &str,
     ) -> Result<Option<T>> {
-        self.table(def)?.get((a, b)).map_err(storage)?.map(|v| decode(v.value())).transpose()
+        self.table(def)?.get(row_key).map_err(storage)?.map(|v| decode(v.value())).transpose()
     }
 
-    fn page2<T: DeserializeOwned>(
+    fn rows<T: DeserializeOwned>(
         &self,
-        def: TableDefinition<Key2, &[u8]>,
-        prefix: &str,
+        def: TableDefinition<&str, &[u8]>,
+        prefix: &[&str],
         page: &PageRequest,
     ) -> Result<Page<T>> {
-        let after = page.after()?;
+        self.scan(def, prefix, page, |_, row| decode(row))
+    }
+
+    /// One page of the rows whose keys start with `prefix`, each turned into an item by `item`.
+    fn scan<V, T>(
+        &self,
+        def: TableDefinition<&str, V>,
+        prefix: &[&str],
+        page: &PageRequest,
+        mut item: impl FnMut(&str, V::SelfType<'_>) -> Result<T>,
+    ) -> Result<Page<T>>
+    where
+        V: redb::Value + 'static,
+    {
+        let range = prefix_range(prefix);
+        let after = page.after(&range)?;
         let start = match &after {
-            Some(parts) if parts.len() == 1 => Bound::Excluded((prefix, parts[0].as_str())),
-            Some(_) => return Err(QueryError::BadPageToken),
-            None => Bound::Included((prefix, "")),
+            Some(key) => Bound::Excluded(key.as_str()),
+            None => Bound::Included(range.0.as_str()),
         };
         let table = self.table(def)?;
         let mut items = Vec::new();
-        let mut last = None;
-        for entry in table.range((start, Bound::Included((prefix, KEY_MAX)))).map_err(storage)? {
-            let (key, row) = entry.map_err(storage)?;
+        let mut last: Option<String> = None;
+        for entry in table.range((start, Bound::Excluded(range.1.as_str()))).map_err(storage)? {
+            let (row_key, value) = entry.map_err(storage)?;
             if items.len() == page.size() {
-                return Ok(Page { items, next_token: last });
+                return Ok(Page { items, next_token: last.map(hex::encode) });
             }
-            items.push(decode(row.value())?);
-            last = Some(token(&[key.value().1]));
+            items.push(item(row_key.value(), value.value())?);
+            last = Some(row_key.value().to_string());
         }
         Ok(Page { items, next_token: None })
     }

@@ -1,36 +1,56 @@
 //! The rows of the views, and the redb tables that hold them.
 //!
-//! Rows are postcard-encoded view types; keys are tuples of ids so that each query is one range
-//! scan. Credentials never enter a view: an integrated app's row has no field for them.
+//! Rows are postcard-encoded view types; keys are ids joined by NUL (see [`key`]) so that each
+//! query is one range scan. Credentials never enter a view: an integrated app's row has no field for them.
 
 use qm_proto::*;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-pub(crate) type Key2<'a> = (&'a str, &'a str);
-pub(crate) type Key3<'a> = (&'a str, &'a str, &'a str);
-
 /// `"position"` → the position of the last commit applied.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// org → [`OrganizationView`].
 pub(crate) const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
-/// (org, person) → [`MemberView`].
-pub(crate) const MEMBERS: TableDefinition<Key2, &[u8]> = TableDefinition::new("members");
-/// (org, team) → [`TeamView`].
-pub(crate) const TEAMS: TableDefinition<Key2, &[u8]> = TableDefinition::new("teams");
-/// (org, app) → [`AppView`].
-pub(crate) const APPS: TableDefinition<Key2, &[u8]> = TableDefinition::new("apps");
-/// (org, grant) → [`GrantView`], revoked grants included.
-pub(crate) const GRANTS: TableDefinition<Key2, &[u8]> = TableDefinition::new("grants");
-/// (org, app, person) → grant: who has access, live grants only.
-pub(crate) const BY_APP: TableDefinition<Key3, &str> = TableDefinition::new("grants_by_app");
-/// (person, org, app) → grant: a person's live grants, across organizations.
-pub(crate) const BY_PERSON: TableDefinition<Key3, &str> = TableDefinition::new("grants_by_person");
-/// (org, app, person, opened at position) → [`AccessInterval`].
-pub(crate) const INTERVALS: TableDefinition<(&str, &str, &str, u64), &[u8]> =
-    TableDefinition::new("access_intervals");
-/// (org, grant) → the position that opened the grant's current interval.
-pub(crate) const OPEN_INTERVALS: TableDefinition<Key2, u64> =
-    TableDefinition::new("open_intervals");
+/// org·person → [`MemberView`].
+pub(crate) const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+/// org·team → [`TeamView`].
+pub(crate) const TEAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("teams");
+/// org·app → [`AppView`].
+pub(crate) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// org·grant → [`GrantView`], revoked grants included.
+pub(crate) const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+/// org·app·person → grant: who has access, live grants only.
+pub(crate) const BY_APP: TableDefinition<&str, &str> = TableDefinition::new("grants_by_app");
+/// person·org·app → grant: a person's live grants, across organizations.
+pub(crate) const BY_PERSON: TableDefinition<&str, &str> = TableDefinition::new("grants_by_person");
+/// org·app·person·opened-at-position → [`AccessInterval`].
+pub(crate) const INTERVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("access_intervals");
+
+/// Joins key parts. Ids never contain NUL and it sorts below every id character, so keys sort
+/// as the tuples of their parts would, and every prefix of parts is one contiguous range.
+pub(crate) fn key(parts: &[&str]) -> String {
+    parts.join("\0")
+}
+
+/// The range of keys that start with `parts`: `start..end`.
+pub(crate) fn prefix_range(parts: &[&str]) -> (String, String) {
+    let mut start = key(parts);
+    start.push('\0');
+    let mut end = start.clone();
+    // Above every id character: ids are printable ASCII below 0x7f.
+    end.push('\u{7f}');
+    (start, end)
+}
+
+/// The parts of a key.
+pub(crate) fn parts(key: &str) -> Vec<&str> {
+    key.split('\0').collect()
+}
+
+/// An interval key's position part, fixed-width so positions sort numerically.
+pub(crate) fn position_part(position: Position) -> String {
+    format!("{position:020}")
+}
 
 pub(crate) const POSITION_KEY: &str = "position";
 
@@ -123,6 +143,8 @@ pub struct GrantView {
     pub updated_at: Timestamp,
     /// The position of the last commit that changed the grant.
     pub position: Position,
+    /// The position that opened the grant's current access interval, while one is open.
+    pub access_since: Option<Position>,
 }
 
 /// One app account on a person's launchpad.

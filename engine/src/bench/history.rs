@@ -83,13 +83,13 @@ impl Synthetic {
                 // Eight steps per person; every fourth person is deprovisioned in the last two,
                 // the others are suspended and resumed once more.
                 let (person, phase) = ((step - 4) / 8, (step - 4) % 8);
-                let p: PersonId = id(&format!("p{person}"));
+                let p: PersonId = id(&format!("{org}-p{person}"));
                 let g: GrantId = id(&format!("g{person}"));
                 let leaves = person % 4 == 3;
                 match phase {
                     0 => vec![Event::MemberAdded(MemberAdded {
                         person: p.clone(),
-                        email: format!("p{person}@synthetic.example"),
+                        email: format!("{p}@synthetic.example"),
                         display_name: format!("Person {person}"),
                         role: Role::Member,
                     })],
@@ -104,7 +104,7 @@ impl Synthetic {
                     3 => vec![Event::AccountProvisioned(AccountProvisioned {
                         account: ExternalAccount {
                             id: format!("u-{person}"),
-                            user_name: format!("p{person}@synthetic.example"),
+                            user_name: format!("{org}-p{person}@synthetic.example"),
                             open_url: None,
                         },
                         grant: g,

@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod history;
+pub mod projection;
 
 use std::time::Duration;
 
