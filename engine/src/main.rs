@@ -39,6 +39,51 @@ enum Commands {
     /// The read side's views: status, catching up, rebuilding.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Serves the gRPC API: on the embedded log in the data directory by default, on JetStream
+    /// with --nats-url.
+    Serve(ServeArgs),
+    /// Walks through what a new user tries first, over the real API on a loopback port.
+    Demo,
+    /// Reads a calling service's token on standard input and prints the hash to configure.
+    HashToken,
+}
+
+/// Settings of `serve`. Each comes from its flag, else its environment variable, else the
+/// config file (lines of `QM_NAME=value`, the environment's names), else its default.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// A file of `QM_NAME=value` lines.
+    #[arg(long, env = "QM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the gRPC API [default: 127.0.0.1:50051].
+    #[arg(long, env = "QM_LISTEN")]
+    listen: Option<String>,
+    /// Data directory: views, and the embedded log [default: ./.data/quartermaster].
+    #[arg(long, env = "QM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// NATS server URLs, comma-separated; without them the embedded log is used.
+    #[arg(long, env = "QM_NATS_URL")]
+    nats_url: Option<String>,
+    /// Replicas of the event log stream on JetStream [default: 1; 3 in production].
+    #[arg(long, env = "QM_NATS_REPLICAS")]
+    nats_replicas: Option<usize>,
+    /// File holding the master key (64 hex digits) that wraps the data keys.
+    #[arg(long, env = "QM_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Calling services' tokens as NAME:SHA256HEX, comma-separated (`quartermaster hash-token`).
+    #[arg(long, env = "QM_TOKEN_HASHES")]
+    token_hashes: Option<String>,
+    /// Accept calls without authentication (local development only).
+    #[arg(long, env = "QM_NO_AUTH")]
+    no_auth: Option<bool>,
+    /// Server certificate (PEM); with --tls-key, the API is served over TLS.
+    #[arg(long, env = "QM_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "QM_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates authenticate callers (mutual TLS).
+    #[arg(long, env = "QM_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Where the event log and the views are.
@@ -165,6 +210,14 @@ async fn main() -> anyhow::Result<()> {
             print_report(&report, args.json)
         }
         Commands::Projections(command) => projections(command).await,
+        Commands::Serve(args) => serve(args).await,
+        Commands::Demo => qm_engine::demo::run().await,
+        Commands::HashToken => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            print_lines(&[qm_engine::api::auth::Auth::hash(token.trim_end_matches(['\r', '\n']))]);
+            Ok(())
+        }
     }
 }
 
@@ -273,4 +326,135 @@ fn draw_progress(applied: u64, target: u64, per_s: f64, done: bool) {
         fraction * 100.0
     );
     let _ = err.flush();
+}
+
+/// The settings of a config file: `QM_NAME=value` lines; `#` starts a comment.
+fn read_config_file(
+    path: Option<&PathBuf>,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut settings = std::collections::HashMap::new();
+    let Some(path) = path else { return Ok(settings) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!(
+                "config file {} line {}: expected QM_NAME=value",
+                path.display(),
+                number + 1
+            )
+        })?;
+        settings.insert(name.trim().to_string(), value.trim().to_string());
+    }
+    Ok(settings)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = read_config_file(args.config.as_ref())?;
+    let from_file = |name: &str| file.get(name).cloned();
+    let listen =
+        args.listen.or_else(|| from_file("QM_LISTEN")).unwrap_or_else(|| "127.0.0.1:50051".into());
+    let data_dir = args
+        .data_dir
+        .or_else(|| from_file("QM_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./.data/quartermaster"));
+    let nats_url = args.nats_url.or_else(|| from_file("QM_NATS_URL"));
+    let replicas = match args.nats_replicas {
+        Some(n) => n,
+        None => from_file("QM_NATS_REPLICAS").map(|v| v.parse()).transpose()?.unwrap_or(1),
+    };
+    let no_auth = match args.no_auth {
+        Some(v) => v,
+        None => from_file("QM_NO_AUTH").is_some_and(|v| v == "true"),
+    };
+    let token_hashes: Vec<String> = args
+        .token_hashes
+        .or_else(|| from_file("QM_TOKEN_HASHES"))
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let tls_cert = args.tls_cert.or_else(|| from_file("QM_TLS_CERT").map(PathBuf::from));
+    let tls_key = args.tls_key.or_else(|| from_file("QM_TLS_KEY").map(PathBuf::from));
+    let tls_client_ca =
+        args.tls_client_ca.or_else(|| from_file("QM_TLS_CLIENT_CA").map(PathBuf::from));
+    let master_key_file =
+        args.master_key_file.or_else(|| from_file("QM_MASTER_KEY_FILE").map(PathBuf::from));
+
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(qm_engine::api::TlsFiles { cert, key, client_ca: tls_client_ca.clone() })
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let auth = if no_auth {
+        tracing::warn!("serving without authentication: every caller is accepted");
+        qm_engine::api::auth::Auth::disabled()
+    } else {
+        anyhow::ensure!(
+            !token_hashes.is_empty() || tls_client_ca.is_some(),
+            "no way to authenticate callers: set --token-hashes (see `quartermaster hash-token`), \
+             --tls-client-ca, or --no-auth for local development"
+        );
+        qm_engine::api::auth::Auth::with_token_hashes(&token_hashes, tls_client_ca.is_some())?
+    };
+    let log = match nats_url {
+        Some(urls) => qm_engine::server::LogConfig::JetStream { urls, replicas },
+        None => qm_engine::server::LogConfig::Embedded,
+    };
+    let master_key = master_key(master_key_file.as_deref(), &data_dir, &log)?;
+    let running = qm_engine::server::start(qm_engine::server::ServeConfig {
+        listen: listen.parse().map_err(|e| anyhow::anyhow!("--listen {listen:?}: {e}"))?,
+        data_dir,
+        log,
+        master_key,
+        api: qm_engine::api::ApiConfig { auth, tls, query_wait: qm_engine::server::QUERY_WAIT },
+    })
+    .await?;
+    eprintln!("quartermaster serving on {}", running.addr);
+    running.until_signal().await
+}
+
+/// The master key: `QM_MASTER_KEY` (hex), else the key file; on the embedded log without
+/// either, a key file created in the data directory on first start.
+fn master_key(
+    file: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    log: &qm_engine::server::LogConfig,
+) -> anyhow::Result<qm_engine::sealing::MasterKey> {
+    use qm_engine::sealing::MasterKey;
+    if let Ok(hex) = std::env::var("QM_MASTER_KEY") {
+        return Ok(MasterKey::from_hex(&hex)?);
+    }
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("master key file {}: {e}", file.display()))?;
+        return Ok(MasterKey::from_hex(&text)?);
+    }
+    anyhow::ensure!(
+        matches!(log, qm_engine::server::LogConfig::Embedded),
+        "a master key is required with JetStream: set QM_MASTER_KEY or --master-key-file"
+    );
+    let path = data_dir.join("master.key");
+    if path.exists() {
+        return Ok(MasterKey::from_hex(&std::fs::read_to_string(&path)?)?);
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let key = MasterKey::generate();
+    write_private(&path, key.to_hex().as_bytes())?;
+    tracing::warn!(path = %path.display(), "created a master key beside the embedded log; keep it elsewhere in production");
+    Ok(key)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)?;
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! frozen shapes as written and the upcasters from old ones. The golden fixtures that pin the
 //! wire forms live in `replay-tests/fixtures/events/`.
 
+pub mod api;
 pub mod commit;
 pub mod event;
 pub mod ids;

@@ -1,0 +1,115 @@
+//! A running Quartermaster instance: the event log, the write side, the read side and the gRPC
+//! facade, wired together. `quartermaster serve` and `quartermaster demo` start one; tests
+//! start them in-process on loopback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiConfig};
+use crate::handler::{Engine, EngineConfig};
+use crate::log::EventLog;
+use crate::log::embedded::EmbeddedLog;
+use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
+use crate::read_side::ReadSide;
+use crate::sealing::{KeyStore, KvKeyStore, MasterKey, RedbKeyStore, Sealer};
+
+/// Where the event log lives.
+#[derive(Debug, Clone)]
+pub enum LogConfig {
+    /// The embedded log in `<data_dir>/log.redb`: the zero-setup default.
+    Embedded,
+    JetStream {
+        urls: String,
+        replicas: usize,
+    },
+}
+
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub master_key: MasterKey,
+    pub api: ApiConfig,
+}
+
+/// A started instance; dropping it does not stop it, [`Running::stop`] does.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    pub read_side: Arc<ReadSide>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops serving, lets open calls finish, and makes the views durable.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        self.read_side.projector().flush()?;
+        Ok(())
+    }
+
+    /// Serves until the process is asked to stop (Ctrl-C or SIGTERM).
+    pub async fn until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        self.stop().await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a process can listen for SIGTERM");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Opens the log, the key store, the views, and serves the API.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let (log, keys): (Arc<dyn EventLog>, Arc<dyn KeyStore>) = match &config.log {
+        LogConfig::Embedded => {
+            let log = Arc::new(EmbeddedLog::open(config.data_dir.join("log.redb"))?);
+            let keys = Arc::new(RedbKeyStore::new(log.database()));
+            (log, keys)
+        }
+        LogConfig::JetStream { urls, replicas } => {
+            let js_config = JetStreamConfig { replicas: *replicas, ..JetStreamConfig::default() };
+            let log = Arc::new(JetStreamLog::connect(urls, js_config).await?);
+            let keys = Arc::new(KvKeyStore::open(log.context(), "QM_KEYS", *replicas).await?);
+            (log, keys)
+        }
+    };
+    let sealer = Arc::new(Sealer::new(config.master_key, keys));
+    let engine = Arc::new(Engine::new(log.clone(), sealer, EngineConfig::default()));
+    let read_side = ReadSide::start(log, &config.data_dir)?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task =
+        tokio::spawn(api::serve(engine.clone(), read_side.clone(), config.api, listener, async {
+            let _ = stopped.await;
+        }));
+    tracing::info!(%addr, "serving");
+    Ok(Running { addr, engine, read_side, stop, task })
+}
+
+/// The default query wait for `min_position`.
+pub const QUERY_WAIT: Duration = Duration::from_secs(5);
