@@ -21,7 +21,8 @@ use tonic::transport::Channel;
 
 const TOKEN: &str = "test-token-0123456789";
 
-type Bearer = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
+type Bearer =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
 
 struct Instance {
     running: Running,
@@ -89,7 +90,10 @@ fn add_app(org: &str) -> v1::AddIntegratedAppRequest {
         catalog_app: "slack".into(),
         display_name: "Slack".into(),
         base_url: "https://api.slack.com/scim/v2".into(),
-        credentials: Some(v1::Credentials { bearer_token: "xoxp-secret".into(), ..Default::default() }),
+        credentials: Some(v1::Credentials {
+            bearer_token: "xoxp-secret".into(),
+            ..Default::default()
+        }),
         seat_limit: Some(1),
         ..Default::default()
     }
@@ -99,21 +103,43 @@ fn add_app(org: &str) -> v1::AddIntegratedAppRequest {
 /// with one seat. Returns the last position.
 async fn acme(i: &mut Instance, org: &str) -> anyhow::Result<u64> {
     i.commands.create_organization(create_org(org)).await?;
-    let team = v1::CreateTeamRequest { actor_id: "alice".into(), org_id: org.into(), team_id: "sales".into(), name: "Sales".into(), ..Default::default() };
+    let team = v1::CreateTeamRequest {
+        actor_id: "alice".into(),
+        org_id: org.into(),
+        team_id: "sales".into(),
+        name: "Sales".into(),
+        ..Default::default()
+    };
     i.commands.create_team(team).await?;
     for person in ["bob", "carol"] {
         i.commands.add_member(add_member(org, person)).await?;
     }
-    let join = v1::AddTeamMemberRequest { actor_id: "alice".into(), org_id: org.into(), team_id: "sales".into(), person_id: "bob".into(), ..Default::default() };
+    let join = v1::AddTeamMemberRequest {
+        actor_id: "alice".into(),
+        org_id: org.into(),
+        team_id: "sales".into(),
+        person_id: "bob".into(),
+        ..Default::default()
+    };
     i.commands.add_team_member(join).await?;
     i.commands.add_integrated_app(add_app(org)).await?;
     // Until a provisioner runs here, the app's answer is recorded as the provisioner records it.
-    let authorized = EngineRequest::new(org.parse()?, Actor::Service("provisioner".into()), Command::RecordAppAuthorized { app: "crm".parse()? });
+    let authorized = EngineRequest::new(
+        org.parse()?,
+        Actor::Service("provisioner".into()),
+        Command::RecordAppAuthorized { app: "crm".parse()? },
+    );
     Ok(i.running.engine.execute(authorized).await?.position)
 }
 
 fn provision(org: &str, person: &str) -> v1::ProvisionUserRequest {
-    v1::ProvisionUserRequest { actor_id: "alice".into(), org_id: org.into(), app_id: "crm".into(), person_id: person.into(), ..Default::default() }
+    v1::ProvisionUserRequest {
+        actor_id: "alice".into(),
+        org_id: org.into(),
+        app_id: "crm".into(),
+        person_id: person.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -130,14 +156,51 @@ async fn the_walkthrough_provisions_a_member_onto_their_launchpad() -> anyhow::R
     );
     let position = i.running.engine.execute(recorded).await?.position;
 
-    let pad = i.queries.get_launchpad(v1::GetLaunchpadRequest { person_id: "bob".into(), min_position: position, ..Default::default() }).await?.into_inner();
+    let pad = i
+        .queries
+        .get_launchpad(v1::GetLaunchpadRequest {
+            person_id: "bob".into(),
+            min_position: position,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     ensure!(pad.entries.len() == 1, "{pad:?}");
-    ensure!(pad.entries[0].state == v1::GrantState::Active as i32 && pad.entries[0].open_url == "https://slack.com/signin");
-    let access = i.queries.who_has_access(v1::WhoHasAccessRequest { org_id: "acme".into(), app_id: "crm".into(), min_position: position, ..Default::default() }).await?.into_inner();
+    ensure!(
+        pad.entries[0].state == v1::GrantState::Active as i32
+            && pad.entries[0].open_url == "https://slack.com/signin"
+    );
+    let access = i
+        .queries
+        .who_has_access(v1::WhoHasAccessRequest {
+            org_id: "acme".into(),
+            app_id: "crm".into(),
+            min_position: position,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     ensure!(access.grants.len() == 1 && access.grants[0].external_account_id == "U123");
-    let apps = i.queries.list_integrated_apps(v1::ListIntegratedAppsRequest { org_id: "acme".into(), min_position: position, ..Default::default() }).await?.into_inner();
+    let apps = i
+        .queries
+        .list_integrated_apps(v1::ListIntegratedAppsRequest {
+            org_id: "acme".into(),
+            min_position: position,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     ensure!(apps.apps[0].seats_used == 1 && apps.apps[0].seat_limit == Some(1));
-    let members = i.queries.list_members(v1::ListMembersRequest { org_id: "acme".into(), min_position: position, page_size: 2, ..Default::default() }).await?.into_inner();
+    let members = i
+        .queries
+        .list_members(v1::ListMembersRequest {
+            org_id: "acme".into(),
+            min_position: position,
+            page_size: 2,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     ensure!(members.members.len() == 2 && !members.next_page_token.is_empty());
     i.running.stop().await
 }
@@ -146,7 +209,8 @@ async fn the_walkthrough_provisions_a_member_onto_their_launchpad() -> anyhow::R
 async fn a_command_id_sent_twice_answers_the_same() -> anyhow::Result<()> {
     let mut i = instance(LogConfig::Embedded).await?;
     acme(&mut i, "acme").await?;
-    let request = v1::ProvisionUserRequest { command_id: "prov-bob-1".into(), ..provision("acme", "bob") };
+    let request =
+        v1::ProvisionUserRequest { command_id: "prov-bob-1".into(), ..provision("acme", "bob") };
     let first = i.commands.provision_user(request.clone()).await?.into_inner();
     let again = i.commands.provision_user(request).await?.into_inner();
     ensure!(first == again, "{first:?} vs {again:?}");
@@ -175,22 +239,86 @@ async fn each_kind_of_failure_has_its_code() -> anyhow::Result<()> {
         (e.code(), e.message().to_string())
     };
     let cases: Vec<(Code, &str, Result<(), tonic::Status>)> = vec![
-        (Code::NotFound, "does not exist", i.commands.create_team(v1::CreateTeamRequest { actor_id: "alice".into(), org_id: "nowhere".into(), team_id: "t".into(), name: "T".into(), ..Default::default() }).await.map(|_| ())),
-        (Code::PermissionDenied, "bob is not an admin of acme", i.commands.add_member(v1::AddMemberRequest { actor_id: "bob".into(), ..add_member("acme", "dave") }).await.map(|_| ())),
-        (Code::FailedPrecondition, "carol is in no team of acme", i.commands.provision_user(provision("acme", "carol")).await.map(|_| ())),
-        (Code::AlreadyExists, "bob is already a member of acme", i.commands.add_member(add_member("acme", "bob")).await.map(|_| ())),
-        (Code::NotFound, "grant", i.queries.get_grant(v1::GetGrantRequest { org_id: "acme".into(), grant_id: "nope".into(), ..Default::default() }).await.map(|_| ())),
-        (Code::Unavailable, "not 1000000", i.queries.get_organization(v1::GetOrganizationRequest { org_id: "acme".into(), min_position: 1_000_000 }).await.map(|_| ())),
+        (
+            Code::NotFound,
+            "does not exist",
+            i.commands
+                .create_team(v1::CreateTeamRequest {
+                    actor_id: "alice".into(),
+                    org_id: "nowhere".into(),
+                    team_id: "t".into(),
+                    name: "T".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            Code::PermissionDenied,
+            "bob is not an admin of acme",
+            i.commands
+                .add_member(v1::AddMemberRequest {
+                    actor_id: "bob".into(),
+                    ..add_member("acme", "dave")
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            Code::FailedPrecondition,
+            "carol is in no team of acme",
+            i.commands.provision_user(provision("acme", "carol")).await.map(|_| ()),
+        ),
+        (
+            Code::AlreadyExists,
+            "bob is already a member of acme",
+            i.commands.add_member(add_member("acme", "bob")).await.map(|_| ()),
+        ),
+        (
+            Code::NotFound,
+            "grant",
+            i.queries
+                .get_grant(v1::GetGrantRequest {
+                    org_id: "acme".into(),
+                    grant_id: "nope".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            Code::Unavailable,
+            "not 1000000",
+            i.queries
+                .get_organization(v1::GetOrganizationRequest {
+                    org_id: "acme".into(),
+                    min_position: 1_000_000,
+                })
+                .await
+                .map(|_| ()),
+        ),
     ];
     for (want, text, got) in cases {
         let (code, message) = code(got.map(tonic::Response::new));
-        ensure!(code == want && message.contains(text), "wanted {want:?} with {text:?}, got {code:?}: {message}");
+        ensure!(
+            code == want && message.contains(text),
+            "wanted {want:?} with {text:?}, got {code:?}: {message}"
+        );
     }
     i.commands.provision_user(provision("acme", "bob")).await?;
-    let join = v1::AddTeamMemberRequest { actor_id: "alice".into(), org_id: "acme".into(), team_id: "sales".into(), person_id: "carol".into(), ..Default::default() };
+    let join = v1::AddTeamMemberRequest {
+        actor_id: "alice".into(),
+        org_id: "acme".into(),
+        team_id: "sales".into(),
+        person_id: "carol".into(),
+        ..Default::default()
+    };
     i.commands.add_team_member(join).await?;
     let err = i.commands.provision_user(provision("acme", "carol")).await.unwrap_err();
-    ensure!(err.code() == Code::FailedPrecondition && err.message().contains("no free seat"), "{err:?}");
+    ensure!(
+        err.code() == Code::FailedPrecondition && err.message().contains("no free seat"),
+        "{err:?}"
+    );
     i.running.stop().await
 }
 
@@ -220,22 +348,81 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
     ];
     for (field, request) in members {
         let err = i.commands.add_member(request).await.unwrap_err();
-        ensure!(err.code() == Code::InvalidArgument && err.message().starts_with(&format!("invalid {field}:")), "{field}: {err:?}");
+        ensure!(
+            err.code() == Code::InvalidArgument
+                && err.message().starts_with(&format!("invalid {field}:")),
+            "{field}: {err:?}"
+        );
     }
     let apps: Vec<(&str, v1::AddIntegratedAppRequest)> = vec![
-        ("seat_limit", v1::AddIntegratedAppRequest { seat_limit: Some(-5), app_id: "a2".into(), ..add_app("acme") }),
-        ("catalog_app", v1::AddIntegratedAppRequest { catalog_app: "myspace".into(), app_id: "a2".into(), ..add_app("acme") }),
-        ("base_url", v1::AddIntegratedAppRequest { base_url: "https://evil.example/scim".into(), app_id: "a2".into(), ..add_app("acme") }),
-        ("credentials", v1::AddIntegratedAppRequest { credentials: None, app_id: "a2".into(), ..add_app("acme") }),
-        ("credentials.bearer_token", v1::AddIntegratedAppRequest { credentials: Some(v1::Credentials::default()), app_id: "a2".into(), ..add_app("acme") }),
+        (
+            "seat_limit",
+            v1::AddIntegratedAppRequest {
+                seat_limit: Some(-5),
+                app_id: "a2".into(),
+                ..add_app("acme")
+            },
+        ),
+        (
+            "catalog_app",
+            v1::AddIntegratedAppRequest {
+                catalog_app: "myspace".into(),
+                app_id: "a2".into(),
+                ..add_app("acme")
+            },
+        ),
+        (
+            "base_url",
+            v1::AddIntegratedAppRequest {
+                base_url: "https://evil.example/scim".into(),
+                app_id: "a2".into(),
+                ..add_app("acme")
+            },
+        ),
+        (
+            "credentials",
+            v1::AddIntegratedAppRequest {
+                credentials: None,
+                app_id: "a2".into(),
+                ..add_app("acme")
+            },
+        ),
+        (
+            "credentials.bearer_token",
+            v1::AddIntegratedAppRequest {
+                credentials: Some(v1::Credentials::default()),
+                app_id: "a2".into(),
+                ..add_app("acme")
+            },
+        ),
     ];
     for (field, request) in apps {
         let err = i.commands.add_integrated_app(request).await.unwrap_err();
-        ensure!(err.code() == Code::InvalidArgument && err.message().starts_with(&format!("invalid {field}:")), "{field}: {err:?}");
+        ensure!(
+            err.code() == Code::InvalidArgument
+                && err.message().starts_with(&format!("invalid {field}:")),
+            "{field}: {err:?}"
+        );
     }
-    let err = i.queries.list_members(v1::ListMembersRequest { org_id: "acme".into(), page_size: 5000, ..Default::default() }).await.unwrap_err();
+    let err = i
+        .queries
+        .list_members(v1::ListMembersRequest {
+            org_id: "acme".into(),
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     ensure!(err.code() == Code::InvalidArgument && err.message().contains("page_size"), "{err:?}");
-    let err = i.queries.list_members(v1::ListMembersRequest { org_id: "acme".into(), page_token: "zz".into(), ..Default::default() }).await.unwrap_err();
+    let err = i
+        .queries
+        .list_members(v1::ListMembersRequest {
+            org_id: "acme".into(),
+            page_token: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     ensure!(err.code() == Code::InvalidArgument && err.message().contains("page_token"), "{err:?}");
     i.running.stop().await
 }
@@ -247,10 +434,25 @@ async fn two_instances_on_one_jetstream_see_each_others_commands() -> anyhow::Re
     let mut one = instance(log()).await?;
     let mut two = instance(log()).await?;
     let created = one.commands.create_organization(create_org("shared")).await?.into_inner();
-    let seen = two.queries.get_organization(v1::GetOrganizationRequest { org_id: "shared".into(), min_position: created.position }).await?.into_inner();
+    let seen = two
+        .queries
+        .get_organization(v1::GetOrganizationRequest {
+            org_id: "shared".into(),
+            min_position: created.position,
+        })
+        .await?
+        .into_inner();
     ensure!(seen.organization.is_some_and(|o| o.name == "Acme"));
     let added = two.commands.add_member(add_member("shared", "bob")).await?.into_inner();
-    let members = one.queries.list_members(v1::ListMembersRequest { org_id: "shared".into(), min_position: added.position, ..Default::default() }).await?.into_inner();
+    let members = one
+        .queries
+        .list_members(v1::ListMembersRequest {
+            org_id: "shared".into(),
+            min_position: added.position,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     ensure!(members.members.iter().any(|m| m.person_id == "bob"));
     one.running.stop().await?;
     two.running.stop().await
@@ -302,4 +504,63 @@ proptest! {
         });
         prop_assert!(outcome.is_ok(), "{:?}", outcome.err());
     }
+}
+
+/// The buf CLI installed by `deploy/dev/tools`.
+fn buf() -> anyhow::Result<std::path::PathBuf> {
+    let path = match std::env::var("QM_BUF") {
+        Ok(path) => std::path::PathBuf::from(path),
+        Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/buf/bin/buf"),
+    };
+    ensure!(
+        path.exists(),
+        "buf not found: run deploy/dev/tools (or deploy/dev/test), or set QM_BUF"
+    );
+    Ok(path)
+}
+
+#[tokio::test]
+async fn a_generic_client_discovers_the_services_by_reflection_and_reads_a_launchpad()
+-> anyhow::Result<()> {
+    let mut i = instance(LogConfig::Embedded).await?;
+    let position = acme(&mut i, "acme").await?;
+    i.commands.provision_user(provision("acme", "bob")).await?;
+    let url = format!("http://{}", i.running.addr);
+    let curl = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(buf().expect("buf is installed"));
+        command
+            .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge"])
+            .args(args)
+            .kill_on_drop(true);
+        command
+    };
+
+    let listed = curl(&["--list-services", &url]).output().await?;
+    let services = String::from_utf8_lossy(&listed.stdout);
+    ensure!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    for service in [
+        "quartermaster.v1.CommandService",
+        "quartermaster.v1.QueryService",
+        "quartermaster.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        ensure!(services.contains(service), "{service} missing from {services}");
+    }
+
+    let body = format!(r#"{{"person_id":"bob","min_position":{}}}"#, position + 1);
+    let header = format!("Authorization: Bearer {TOKEN}");
+    let called = curl(&[
+        "-H",
+        &header,
+        "-d",
+        &body,
+        &format!("{url}/quartermaster.v1.QueryService/GetLaunchpad"),
+    ])
+    .output()
+    .await?;
+    ensure!(called.status.success(), "{}", String::from_utf8_lossy(&called.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&called.stdout)?;
+    ensure!(answer["entries"][0]["appName"] == "Slack", "{answer}");
+    ensure!(answer["entries"][0]["state"] == "GRANT_STATE_REQUESTED", "{answer}");
+    i.running.stop().await
 }
