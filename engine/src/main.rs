@@ -116,6 +116,28 @@ enum BenchCommand {
     Append(AppendArgs),
     /// Read side catch-up, rebuild, read-your-writes and query latency against raw replay and redb.
     Projection(ProjectionArgs),
+    /// ProvisionUser over gRPC against raw JetStream publishes, and GetLaunchpad latency.
+    Grpc(GrpcArgs),
+}
+
+#[derive(Args, Debug)]
+struct GrpcArgs {
+    #[arg(long, env = "QM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, default_value_t = 1000)]
+    orgs: usize,
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    #[arg(long, default_value_t = 50_000)]
+    count: usize,
+    #[arg(long, default_value_t = 2000)]
+    latency_samples: usize,
+    /// GetLaunchpad queries per second for query_p99_us.
+    #[arg(long, default_value_t = 5000)]
+    query_rate: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +229,22 @@ async fn main() -> anyhow::Result<()> {
                     queries: args.queries,
                 })
                 .await?;
+            print_report(&report, args.json)
+        }
+        Commands::Bench(BenchCommand::Grpc(args)) => {
+            anyhow::ensure!(
+                args.in_flight > 0 && args.count >= args.in_flight,
+                "--count must be at least --in-flight"
+            );
+            let report = qm_engine::bench::grpc::run(qm_engine::bench::grpc::GrpcBench {
+                nats_url: args.nats_url,
+                orgs: args.orgs,
+                in_flight: args.in_flight,
+                count: args.count,
+                latency_samples: args.latency_samples,
+                query_rate: args.query_rate,
+            })
+            .await?;
             print_report(&report, args.json)
         }
         Commands::Projections(command) => projections(command).await,

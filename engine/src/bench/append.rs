@@ -131,7 +131,7 @@ async fn measure(
     })
 }
 
-fn id<T: std::str::FromStr>(raw: &str) -> T
+pub(crate) fn id<T: std::str::FromStr>(raw: &str) -> T
 where
     T::Err: std::fmt::Debug,
 {
@@ -201,7 +201,7 @@ async fn toggle_commit_size(engine: &Engine, org: &OrgId) -> anyhow::Result<usiz
 
 /// Raw JetStream: `in_flight` publishers, each owning some subjects, each publish carrying a
 /// message id and the expected last subject sequence, as the engine's appends do.
-async fn raw_publish(
+pub(crate) async fn raw_publish(
     log: &JetStreamLog,
     tag: &str,
     bench: &AppendBench,

@@ -2,6 +2,7 @@
 //! run, so the ratio says what Quartermaster's own work costs.
 
 pub mod append;
+pub mod grpc;
 pub mod history;
 pub mod projection;
 
