@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::handler::{Engine, EngineConfig, Request};
 use crate::log::EventLog;
-use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
+use crate::log::jetstream::JetStreamLog;
 use crate::org::Command;
 use crate::sealing::{KvKeyStore, MasterKey, Sealer, Secret};
 
@@ -64,13 +64,7 @@ impl Scratch {
 }
 
 pub async fn run(bench: AppendBench) -> anyhow::Result<AppendReport> {
-    let tag = format!("{:x}", uuid::Uuid::now_v7().as_u128() & 0xffff_ffff);
-    let config = JetStreamConfig {
-        stream: format!("QM_BENCH_{tag}"),
-        subject_prefix: format!("qmbench.{tag}"),
-        snapshot_bucket: format!("QM_BENCH_SNAP_{tag}"),
-        ..JetStreamConfig::default()
-    };
+    let (tag, config) = super::scratch_config();
     let log = Arc::new(JetStreamLog::connect(&bench.nats_url, config.clone()).await?);
     let keys_bucket = format!("QM_BENCH_KEYS_{tag}");
     let keys = Arc::new(KvKeyStore::open(log.context(), &keys_bucket, 1).await?);

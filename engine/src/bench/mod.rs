@@ -8,6 +8,21 @@ pub mod projection;
 
 use std::time::Duration;
 
+use crate::log::jetstream::JetStreamConfig;
+
+/// A run's own tag and stream settings, so a benchmark never touches a real log; the caller
+/// removes the stream and buckets afterwards.
+pub(crate) fn scratch_config() -> (String, JetStreamConfig) {
+    let tag = format!("{:x}", uuid::Uuid::now_v7().as_u128() & 0xffff_ffff);
+    let config = JetStreamConfig {
+        stream: format!("QM_BENCH_{tag}"),
+        subject_prefix: format!("qmbench.{tag}"),
+        snapshot_bucket: format!("QM_BENCH_SNAP_{tag}"),
+        ..JetStreamConfig::default()
+    };
+    (tag, config)
+}
+
 /// Latency percentiles in microseconds.
 pub(crate) fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -15,7 +15,7 @@ use super::history::{Synthetic, publish};
 use super::percentile_us;
 use crate::handler::{Engine, EngineConfig, Request};
 use crate::log::EventLog;
-use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
+use crate::log::jetstream::JetStreamLog;
 use crate::org::Command;
 use crate::read_side::ReadSide;
 use crate::sealing::{KvKeyStore, MasterKey, Sealer};
@@ -49,13 +49,7 @@ pub struct ProjectionReport {
 }
 
 pub async fn run(bench: ProjectionBench) -> anyhow::Result<ProjectionReport> {
-    let tag = format!("{:x}", uuid::Uuid::now_v7().as_u128() & 0xffff_ffff);
-    let config = JetStreamConfig {
-        stream: format!("QM_BENCH_{tag}"),
-        subject_prefix: format!("qmbench.{tag}"),
-        snapshot_bucket: format!("QM_BENCH_SNAP_{tag}"),
-        ..JetStreamConfig::default()
-    };
+    let (tag, config) = super::scratch_config();
     let log = Arc::new(JetStreamLog::connect(&bench.nats_url, config.clone()).await?);
     let keys_bucket = format!("QM_BENCH_KEYS_{tag}");
     let dir = tempfile::tempdir()?;
