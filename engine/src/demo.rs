@@ -34,6 +34,7 @@ pub async fn run() -> anyhow::Result<()> {
         log: LogConfig::Embedded,
         master_key: MasterKey::generate(),
         api: ApiConfig { auth, tls: None, query_wait: crate::server::QUERY_WAIT },
+        metrics: None,
     })
     .await?;
     println!(

@@ -150,7 +150,17 @@ impl Engine {
             command_id = %command_id,
             command = request.command.name(),
         );
-        self.execute_in(request, command_id).instrument(span).await
+        let started = std::time::Instant::now();
+        let result = self.execute_in(request, command_id).instrument(span).await;
+        let outcome = match &result {
+            Ok(_) => crate::metrics::Outcome::Accepted,
+            Err(ExecuteError::Rejected(_) | ExecuteError::CommandIdReused { .. }) => {
+                crate::metrics::Outcome::Rejected
+            }
+            Err(_) => crate::metrics::Outcome::Failed,
+        };
+        crate::metrics::record_command(outcome, started.elapsed());
+        result
     }
 
     async fn execute_in(
@@ -215,6 +225,7 @@ impl Engine {
                     return self.replay(org, &command_id, appended.position).await;
                 }
                 Err(AppendError::Conflict { .. }) => {
+                    crate::metrics::record_conflict();
                     tracing::debug!(version = slot.state.version, "conflict, reading the tail");
                     catch_up(self.log.as_ref(), org, &mut slot.state).await?;
                 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod demo;
 pub mod handler;
 pub mod log;
+pub mod metrics;
 pub mod org;
 pub mod read_side;
 pub mod sealing;

@@ -84,6 +84,9 @@ struct ServeArgs {
     /// CA (PEM) whose client certificates authenticate callers (mutual TLS).
     #[arg(long, env = "QM_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// Address of the Prometheus metrics endpoint; unset, none is served.
+    #[arg(long, env = "QM_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 /// Where the event log and the views are.
@@ -421,6 +424,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let master_key_file =
         args.master_key_file.or_else(|| from_file("QM_MASTER_KEY_FILE").map(PathBuf::from));
 
+    let metrics = match args.metrics_listen.or_else(|| from_file("QM_METRICS_LISTEN")) {
+        Some(at) => Some(at.parse().map_err(|e| anyhow::anyhow!("--metrics-listen {at:?}: {e}"))?),
+        None => None,
+    };
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => {
             Some(qm_engine::api::TlsFiles { cert, key, client_ca: tls_client_ca.clone() })
@@ -450,9 +457,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log,
         master_key,
         api: qm_engine::api::ApiConfig { auth, tls, query_wait: qm_engine::server::QUERY_WAIT },
+        metrics,
     })
     .await?;
     eprintln!("quartermaster serving on {}", running.addr);
+    if let Some(metrics) = running.metrics_addr {
+        eprintln!("metrics on http://{metrics}/metrics");
+    }
     running.until_signal().await
 }
 

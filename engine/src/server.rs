@@ -36,12 +36,16 @@ pub struct ServeConfig {
     pub log: LogConfig,
     pub master_key: MasterKey,
     pub api: ApiConfig,
+    /// Where Prometheus scrapes the metrics; `None` serves none.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A started instance; dropping it does not stop it, [`Running::stop`] does.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<JoinHandle<()>>,
     pub engine: Arc<Engine>,
     pub read_side: Arc<ReadSide>,
     stop: oneshot::Sender<()>,
@@ -51,6 +55,9 @@ pub struct Running {
 impl Running {
     /// Stops serving, lets open calls finish, and makes the views durable.
     pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some(metrics) = &self.metrics {
+            metrics.abort();
+        }
         let _ = self.stop.send(());
         self.task.await??;
         self.read_side.projector().flush()?;
@@ -100,6 +107,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let engine = Arc::new(Engine::new(log.clone(), sealer, EngineConfig::default()));
     let read_side = ReadSide::start(log, &config.data_dir)?;
 
+    let (metrics_addr, metrics) = match config.metrics {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await?;
+            let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, "serving metrics");
+            (Some(bound), Some(tokio::spawn(crate::metrics::serve(listener, read_side.clone()))))
+        }
+        None => (None, None),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -108,7 +124,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             let _ = stopped.await;
         }));
     tracing::info!(%addr, "serving");
-    Ok(Running { addr, engine, read_side, stop, task })
+    Ok(Running { addr, metrics_addr, metrics, engine, read_side, stop, task })
 }
 
 /// The default query wait for `min_position`.

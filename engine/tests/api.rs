@@ -48,6 +48,7 @@ async fn instance(log: LogConfig) -> anyhow::Result<Instance> {
         log,
         master_key: MasterKey::from_hex(&"42".repeat(32))?,
         api: ApiConfig { auth, tls: None, query_wait: Duration::from_millis(300) },
+        metrics: Some("127.0.0.1:0".parse()?),
     })
     .await?;
     let channel = Channel::from_shared(format!("http://{}", running.addr))?.connect().await?;
@@ -562,5 +563,35 @@ async fn a_generic_client_discovers_the_services_by_reflection_and_reads_a_launc
     let answer: serde_json::Value = serde_json::from_slice(&called.stdout)?;
     ensure!(answer["entries"][0]["appName"] == "Slack", "{answer}");
     ensure!(answer["entries"][0]["state"] == "GRANT_STATE_REQUESTED", "{answer}");
+    i.running.stop().await
+}
+
+#[tokio::test]
+async fn metrics_show_command_latency_conflicts_and_projection_lag() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut i = instance(LogConfig::Embedded).await?;
+    acme(&mut i, "acme").await?;
+    let _ = i.commands.provision_user(provision("acme", "carol")).await;
+    let at = i.running.metrics_addr.expect("the test instance serves metrics");
+    let mut stream = tokio::net::TcpStream::connect(at).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n").await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    ensure!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    for name in [
+        "quartermaster_commands_total{result=\"accepted\"}",
+        "quartermaster_commands_total{result=\"rejected\"}",
+        "quartermaster_command_duration_seconds_bucket{le=\"+Inf\"}",
+        "quartermaster_conflicts_total",
+        "quartermaster_projection_lag",
+    ] {
+        ensure!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    let accepted: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("quartermaster_commands_total{result=\"accepted\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    ensure!(accepted >= 7, "accepted commands counted: {accepted}");
     i.running.stop().await
 }

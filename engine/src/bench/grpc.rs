@@ -61,6 +61,7 @@ pub async fn run(bench: GrpcBench) -> anyhow::Result<GrpcReport> {
         log: LogConfig::JetStream { urls: bench.nats_url.clone(), replicas: 1 },
         master_key: MasterKey::generate(),
         api: ApiConfig { auth, tls: None, query_wait: Duration::from_secs(10) },
+        metrics: None,
     })
     .await?;
     let result = measure(&bench, &running.engine, &running.read_side, running.addr).await;
