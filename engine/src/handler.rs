@@ -171,11 +171,7 @@ impl Engine {
         let org = &request.org;
         let slot = self.slot(org);
         let mut slot = slot.lock().await;
-        if !slot.loaded {
-            slot.state = self.load(org).await?;
-            slot.snapshot_at = slot.state.commits;
-            slot.loaded = true;
-        }
+        self.ensure_loaded(org, &mut slot).await?;
 
         for _ in 0..self.config.max_attempts {
             if let Some(position) = slot.state.recent_command(&command_id) {
@@ -243,11 +239,19 @@ impl Engine {
         if slot.loaded {
             catch_up(self.log.as_ref(), org, &mut slot.state).await?;
         } else {
+            self.ensure_loaded(org, &mut slot).await?;
+        }
+        Ok(slot.state.clone())
+    }
+
+    /// Loads a slot on first use: snapshot and tail, or the whole history.
+    async fn ensure_loaded(&self, org: &OrgId, slot: &mut Slot) -> Result<(), ExecuteError> {
+        if !slot.loaded {
             slot.state = self.load(org).await?;
             slot.snapshot_at = slot.state.commits;
             slot.loaded = true;
         }
-        Ok(slot.state.clone())
+        Ok(())
     }
 
     fn slot(&self, org: &OrgId) -> Arc<tokio::sync::Mutex<Slot>> {

@@ -1,8 +1,11 @@
 //! The Quartermaster engine: the composition root.
 //!
 //! It owns the organization aggregate ([`org`]), the event log and its two backends ([`log`]),
-//! command handling with its cache of decided aggregates ([`handler`]), and credential sealing
-//! ([`sealing`]). The `quartermaster` binary in `main.rs` wires them to the outside world.
+//! command handling with its cache of decided aggregates ([`handler`]), credential sealing
+//! ([`sealing`]), the read side that feeds the views from the log ([`read_side`]), the gRPC
+//! facade ([`api`]) and its metrics ([`metrics`]), a running instance wired together
+//! ([`server`]), the demo ([`demo`]) and the benchmarks ([`bench`]). The `quartermaster` binary
+//! in `main.rs` turns the command line into calls of these.
 
 pub mod api;
 pub mod bench;

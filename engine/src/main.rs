@@ -74,7 +74,7 @@ struct ServeArgs {
     #[arg(long, env = "QM_TOKEN_HASHES")]
     token_hashes: Option<String>,
     /// Accept calls without authentication (local development only).
-    #[arg(long, env = "QM_NO_AUTH")]
+    #[arg(long, env = "QM_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     no_auth: Option<bool>,
     /// Server certificate (PEM); with --tls-key, the API is served over TLS.
     #[arg(long, env = "QM_TLS_CERT")]
@@ -450,7 +450,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(urls) => qm_engine::server::LogConfig::JetStream { urls, replicas },
         None => qm_engine::server::LogConfig::Embedded,
     };
-    let master_key = master_key(master_key_file.as_deref(), &data_dir, &log)?;
+    let master_key =
+        master_key(master_key_file.as_deref(), from_file("QM_MASTER_KEY"), &data_dir, &log)?;
     let running = qm_engine::server::start(qm_engine::server::ServeConfig {
         listen: listen.parse().map_err(|e| anyhow::anyhow!("--listen {listen:?}: {e}"))?,
         data_dir,
@@ -467,21 +468,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     running.until_signal().await
 }
 
-/// The master key: `QM_MASTER_KEY` (hex), else the key file; on the embedded log without
-/// either, a key file created in the data directory on first start.
+/// The master key: the key file (flag or QM_MASTER_KEY_FILE), else `QM_MASTER_KEY` (hex) from
+/// the environment or the config file; on the embedded log without any, a key file created in
+/// the data directory on first start.
 fn master_key(
     file: Option<&std::path::Path>,
+    from_config: Option<String>,
     data_dir: &std::path::Path,
     log: &qm_engine::server::LogConfig,
 ) -> anyhow::Result<qm_engine::sealing::MasterKey> {
     use qm_engine::sealing::MasterKey;
-    if let Ok(hex) = std::env::var("QM_MASTER_KEY") {
-        return Ok(MasterKey::from_hex(&hex)?);
-    }
     if let Some(file) = file {
         let text = std::fs::read_to_string(file)
             .map_err(|e| anyhow::anyhow!("master key file {}: {e}", file.display()))?;
         return Ok(MasterKey::from_hex(&text)?);
+    }
+    if let Some(hex) = std::env::var("QM_MASTER_KEY").ok().or(from_config) {
+        return Ok(MasterKey::from_hex(&hex)?);
     }
     anyhow::ensure!(
         matches!(log, qm_engine::server::LogConfig::Embedded),

@@ -133,7 +133,15 @@ pub async fn render(read_side: &ReadSide) -> String {
 /// Answers every HTTP request on `listener` with the metrics; a scraper needs nothing more.
 pub async fn serve(listener: tokio::net::TcpListener, read_side: Arc<ReadSide>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "metrics endpoint cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let read_side = read_side.clone();
         tokio::spawn(async move {
             // Read the request head; its content does not matter.

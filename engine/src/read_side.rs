@@ -32,6 +32,8 @@ pub enum ReadSideError {
     Project(#[from] qm_projections::ProjectError),
     #[error("event log unavailable: {0}")]
     Log(String),
+    #[error("views directory: {0}")]
+    Io(#[from] std::io::Error),
     #[error("a rebuild is already running")]
     RebuildRunning,
     #[error("the rebuild failed: {0}")]
@@ -72,7 +74,7 @@ pub struct ReadSide {
 impl ReadSide {
     /// Opens the views in `dir` and starts following `log` from their checkpoint.
     pub fn start(log: Arc<dyn EventLog>, dir: &Path) -> Result<Arc<ReadSide>, ReadSideError> {
-        std::fs::create_dir_all(dir).map_err(|e| ReadSideError::Rebuild(e.to_string()))?;
+        std::fs::create_dir_all(dir)?;
         let projector = Arc::new(Projector::open(dir.join(VIEWS_FILE))?);
         tracing::info!(position = projector.position(), "views opened");
         let follower = follow(log.clone(), projector.clone());

@@ -344,15 +344,14 @@ impl KvKeyStore {
     }
 }
 
-fn kv_key(org: &OrgId) -> String {
-    hex::encode(org.as_str())
-}
-
 impl KeyStore for KvKeyStore {
     fn get<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Option<Vec<u8>>, SealError>> {
         async move {
-            let value =
-                self.bucket.get(kv_key(org)).await.map_err(|e| SealError::Store(e.to_string()))?;
+            let value = self
+                .bucket
+                .get(crate::log::kv_key(org))
+                .await
+                .map_err(|e| SealError::Store(e.to_string()))?;
             Ok(value.map(|v| v.to_vec()))
         }
         .boxed()
@@ -365,7 +364,7 @@ impl KeyStore for KvKeyStore {
     ) -> BoxFuture<'a, Result<bool, SealError>> {
         async move {
             use async_nats::jetstream::kv::CreateErrorKind;
-            match self.bucket.create(kv_key(org), wrapped.into()).await {
+            match self.bucket.create(crate::log::kv_key(org), wrapped.into()).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
                 Err(e) => Err(SealError::Store(e.to_string())),
@@ -377,7 +376,10 @@ impl KeyStore for KvKeyStore {
     fn delete<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<(), SealError>> {
         async move {
             // Purge, not delete: a delete marker would leave the wrapped key's revision readable.
-            self.bucket.purge(kv_key(org)).await.map_err(|e| SealError::Store(e.to_string()))
+            self.bucket
+                .purge(crate::log::kv_key(org))
+                .await
+                .map_err(|e| SealError::Store(e.to_string()))
         }
         .boxed()
     }

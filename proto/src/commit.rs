@@ -147,8 +147,9 @@ pub struct ChainBroken {
 }
 
 /// Checks that `commits`, one organization's history from its first commit in log order, form
-/// an unbroken hash chain, and that each commit's recorded hash matches its bytes' hash as
-/// given by the caller.
+/// an unbroken hash chain: each commit's `prev_hash` is the recorded hash of the one before.
+/// Recorded hashes are computed from the bytes as read (see the log's readers), so an altered
+/// commit breaks the link after it. Returns how many commits were checked.
 pub fn verify_chain<'a>(
     commits: impl IntoIterator<Item = &'a RecordedCommit>,
 ) -> Result<usize, ChainBroken> {

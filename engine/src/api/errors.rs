@@ -1,7 +1,8 @@
-//! The one place where errors become gRPC statuses (DESIGN.md, "The facade"): invalid input →
-//! INVALID_ARGUMENT naming the field; rule violated → FAILED_PRECONDITION; not an admin →
-//! PERMISSION_DENIED; unknown thing → NOT_FOUND; duplicate → ALREADY_EXISTS; concurrency
-//! exhausted → ABORTED; log unreachable → UNAVAILABLE.
+//! The one place where error kinds become gRPC codes (the design's facade section; see
+//! README.md): invalid input → INVALID_ARGUMENT naming the field; rule violated →
+//! FAILED_PRECONDITION; not an admin → PERMISSION_DENIED; unknown thing → NOT_FOUND; duplicate →
+//! ALREADY_EXISTS; concurrency exhausted → ABORTED; log unreachable, or views behind the asked
+//! position → UNAVAILABLE; a broken hash chain → DATA_LOSS.
 
 use tonic::Status;
 

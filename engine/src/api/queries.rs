@@ -210,7 +210,7 @@ impl QueryService for Queries {
                 .iter()
                 .position(|a| a.key == token.as_str())
                 .map(|i| i + 1)
-                .ok_or_else(|| Status::invalid_argument("invalid page_token"))?,
+                .ok_or_else(|| query(qm_projections::QueryError::BadPageToken))?,
         };
         let size = if page.size == 0 { 100 } else { page.size };
         let apps: Vec<_> = all.iter().skip(start).take(size).collect();

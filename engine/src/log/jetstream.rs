@@ -188,11 +188,6 @@ fn unavailable(e: impl std::fmt::Display) -> ReadError {
     ReadError::Unavailable(e.to_string())
 }
 
-fn snapshot_key(org: &OrgId) -> String {
-    // KV keys allow fewer characters than ids (no '@'); hex keeps every id distinct.
-    hex::encode(org.as_str())
-}
-
 fn wanted_stream(config: &JetStreamConfig) -> StreamConfig {
     StreamConfig {
         name: config.stream.clone(),
@@ -423,7 +418,7 @@ impl EventLog for JetStreamLog {
         org: &'a OrgId,
     ) -> BoxFuture<'a, Result<Option<SnapshotBytes>, ReadError>> {
         self.snapshots
-            .get(snapshot_key(org))
+            .get(super::kv_key(org))
             .map_ok(|v| v.map(|b| b.to_vec()))
             .map_err(unavailable)
             .boxed()
@@ -435,7 +430,7 @@ impl EventLog for JetStreamLog {
         bytes: SnapshotBytes,
     ) -> BoxFuture<'a, Result<(), ReadError>> {
         self.snapshots
-            .put(snapshot_key(org), bytes.into())
+            .put(super::kv_key(org), bytes.into())
             .map_ok(|_| ())
             .map_err(unavailable)
             .boxed()

@@ -104,6 +104,12 @@ pub(crate) fn recorded(position: Position, bytes: &[u8]) -> Result<RecordedCommi
     Ok(RecordedCommit { position, hash: commit_hash(bytes), commit })
 }
 
+/// An organization's key in a JetStream KV bucket. KV keys allow fewer characters than ids
+/// (no '@'); hex keeps every id distinct.
+pub fn kv_key(org: &OrgId) -> String {
+    hex::encode(org.as_str())
+}
+
 /// The subject of an organization's commits in a stream whose subjects are `<prefix>.>`.
 pub fn org_subject(prefix: &str, org: &OrgId) -> String {
     format!("{prefix}.org.{org}")
