@@ -8,9 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use qm_engine::bench::append::{AppendBench, run as run_append_bench};
 use qm_engine::log::EventLog;
-use qm_engine::log::embedded::EmbeddedLog;
-use qm_engine::log::jetstream::{JetStreamConfig, JetStreamLog};
 use qm_engine::read_side::{ReadSide, RebuildProgress};
+use qm_engine::server::LogConfig;
 
 // Projections and command handling allocate many small rows and ids; mimalloc handles that
 // pattern markedly faster than the system allocator (see the projection benchmark).
@@ -263,17 +262,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn open_log(storage: &Storage) -> anyhow::Result<Arc<dyn EventLog>> {
-    Ok(match &storage.nats_url {
-        Some(url) => {
-            let config =
-                JetStreamConfig { replicas: storage.nats_replicas, ..JetStreamConfig::default() };
-            Arc::new(JetStreamLog::connect(url, config).await?)
-        }
-        None => {
-            std::fs::create_dir_all(&storage.data_dir)?;
-            Arc::new(EmbeddedLog::open(storage.data_dir.join("log.redb"))?)
-        }
-    })
+    let config = match &storage.nats_url {
+        Some(urls) => LogConfig::JetStream { urls: urls.clone(), replicas: storage.nats_replicas },
+        None => LogConfig::Embedded,
+    };
+    Ok(config.open(&storage.data_dir).await?.0)
 }
 
 async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
@@ -283,24 +276,27 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
         | ProjectionsCommand::Rebuild(s) => s,
     };
     let log = open_log(storage).await?;
-    let read_side = ReadSide::start(log.clone(), &storage.data_dir)?;
     match command {
         ProjectionsCommand::Status(_) => {
-            let status = read_side.status().await;
-            let head = status.head.map_or("unknown".into(), |h| h.to_string());
-            let lag = status.lag.map_or("unknown".into(), |l| l.to_string());
+            // Only look: opening the views without following the log changes nothing.
+            let views = qm_projections::Projector::open(
+                storage.data_dir.join(qm_engine::read_side::VIEWS_FILE),
+            )?;
+            let status = views.status();
+            let head = log.head().await.ok();
+            let head_text = head.map_or("unknown".into(), |h| h.to_string());
+            let lag =
+                head.map_or("unknown".into(), |h| h.saturating_sub(status.position).to_string());
             print_lines(&[
-                format!(
-                    "views      {}",
-                    storage.data_dir.join(qm_engine::read_side::VIEWS_FILE).display()
-                ),
+                format!("views      {}", views.path().display()),
                 format!("position   {}", status.position),
-                format!("log head   {head}"),
+                format!("log head   {head_text}"),
                 format!("lag        {lag}"),
                 format!("state      {:?}", status.state),
             ]);
         }
         ProjectionsCommand::CatchUp(_) => {
+            let read_side = ReadSide::start(log.clone(), &storage.data_dir)?;
             let head = log.head().await?;
             let started = std::time::Instant::now();
             let mut applied = read_side.projector().applied();
@@ -322,6 +318,7 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
             eprintln!();
         }
         ProjectionsCommand::Rebuild(_) => {
+            let read_side = ReadSide::start(log.clone(), &storage.data_dir)?;
             let report = read_side
                 .rebuild(|p: &RebuildProgress| {
                     draw_progress(p.applied, p.target, p.commits_per_s, p.done)

@@ -29,6 +29,30 @@ pub enum LogConfig {
     },
 }
 
+impl LogConfig {
+    /// Opens the event log, and the store of data keys kept beside it.
+    pub async fn open(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<(Arc<dyn EventLog>, Arc<dyn KeyStore>)> {
+        Ok(match self {
+            LogConfig::Embedded => {
+                std::fs::create_dir_all(data_dir)?;
+                let log = Arc::new(EmbeddedLog::open(data_dir.join("log.redb"))?);
+                let keys = Arc::new(RedbKeyStore::new(log.database()));
+                (log, keys)
+            }
+            LogConfig::JetStream { urls, replicas } => {
+                let js_config =
+                    JetStreamConfig { replicas: *replicas, ..JetStreamConfig::default() };
+                let log = Arc::new(JetStreamLog::connect(urls, js_config).await?);
+                let keys = Arc::new(KvKeyStore::open(log.context(), "QM_KEYS", *replicas).await?);
+                (log, keys)
+            }
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
@@ -90,19 +114,7 @@ async fn shutdown_signal() {
 /// Opens the log, the key store, the views, and serves the API.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let (log, keys): (Arc<dyn EventLog>, Arc<dyn KeyStore>) = match &config.log {
-        LogConfig::Embedded => {
-            let log = Arc::new(EmbeddedLog::open(config.data_dir.join("log.redb"))?);
-            let keys = Arc::new(RedbKeyStore::new(log.database()));
-            (log, keys)
-        }
-        LogConfig::JetStream { urls, replicas } => {
-            let js_config = JetStreamConfig { replicas: *replicas, ..JetStreamConfig::default() };
-            let log = Arc::new(JetStreamLog::connect(urls, js_config).await?);
-            let keys = Arc::new(KvKeyStore::open(log.context(), "QM_KEYS", *replicas).await?);
-            (log, keys)
-        }
-    };
+    let (log, keys) = config.log.open(&config.data_dir).await?;
     let sealer = Arc::new(Sealer::new(config.master_key, keys));
     let engine = Arc::new(Engine::new(log.clone(), sealer, EngineConfig::default()));
     let read_side = ReadSide::start(log, &config.data_dir)?;
