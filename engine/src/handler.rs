@@ -127,10 +127,6 @@ impl Engine {
         &self.log
     }
 
-    pub fn sealer(&self) -> &Arc<Sealer> {
-        &self.sealer
-    }
-
     /// Seals plaintext credentials for a command that carries them.
     pub async fn seal_credentials(
         &self,

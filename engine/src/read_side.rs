@@ -92,10 +92,6 @@ impl ReadSide {
         self.current.read().expect("projector lock is never poisoned").clone()
     }
 
-    pub fn position(&self) -> Position {
-        self.projector().position()
-    }
-
     /// A read of the views that includes `min_position`, waiting up to `deadline` for it.
     pub async fn views(
         &self,

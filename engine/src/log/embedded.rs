@@ -17,7 +17,7 @@ use qm_proto::{CommandId, OrgId, Position, RecordedCommit};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
-use super::{AppendError, Appended, EventLog, ReadError, SnapshotBytes, recorded};
+use super::{AppendError, Appended, EventLog, ReadError, SnapshotBytes, recorded, unavailable};
 
 const COMMITS: TableDefinition<u64, &[u8]> = TableDefinition::new("commits");
 const ORG_COMMITS: TableDefinition<(&str, u64), ()> = TableDefinition::new("org_commits");
@@ -126,10 +126,6 @@ impl EmbeddedLog {
         }
         Ok(out)
     }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> ReadError {
-    ReadError::Unavailable(e.to_string())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

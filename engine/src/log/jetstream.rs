@@ -27,7 +27,9 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryFutureExt};
 use qm_proto::{CommandId, OrgId, Position, RecordedCommit};
 
-use super::{AppendError, Appended, EventLog, ReadError, SnapshotBytes, org_subject, recorded};
+use super::{
+    AppendError, Appended, EventLog, ReadError, SnapshotBytes, org_subject, recorded, unavailable,
+};
 
 /// Where the log lives and how the stream is shaped.
 #[derive(Debug, Clone)]
@@ -113,10 +115,6 @@ impl JetStreamLog {
         Ok(JetStreamLog { client, js, stream, snapshots, config })
     }
 
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
-    }
-
     pub fn context(&self) -> &jetstream::Context {
         &self.js
     }
@@ -184,10 +182,6 @@ impl JetStreamLog {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> ReadError {
-    ReadError::Unavailable(e.to_string())
-}
-
 fn wanted_stream(config: &JetStreamConfig) -> StreamConfig {
     StreamConfig {
         name: config.stream.clone(),
@@ -240,36 +234,28 @@ async fn ensure_stream(
 
 /// The settings an event log depends on that differ between what we want and what exists.
 fn differences(want: &StreamConfig, have: &StreamConfig) -> Vec<String> {
+    // Settings compared by value: equal values print the same.
+    fn same(
+        out: &mut Vec<String>,
+        name: &str,
+        want: &dyn std::fmt::Debug,
+        have: &dyn std::fmt::Debug,
+    ) {
+        let (want, have) = (format!("{want:?}"), format!("{have:?}"));
+        if want != have {
+            out.push(format!("{name} is {have}, want {want}"));
+        }
+    }
     let mut out = Vec::new();
+    same(&mut out, "subjects", &want.subjects, &have.subjects);
+    same(&mut out, "storage", &want.storage, &have.storage);
+    same(&mut out, "retention", &want.retention, &have.retention);
+    same(&mut out, "discard", &want.discard, &have.discard);
     let mut check = |name: &str, ok: bool, want: String, have: String| {
         if !ok {
             out.push(format!("{name} is {have}, want {want}"));
         }
     };
-    check(
-        "subjects",
-        have.subjects == want.subjects,
-        format!("{:?}", want.subjects),
-        format!("{:?}", have.subjects),
-    );
-    check(
-        "storage",
-        have.storage == want.storage,
-        format!("{:?}", want.storage),
-        format!("{:?}", have.storage),
-    );
-    check(
-        "retention",
-        have.retention == want.retention,
-        format!("{:?}", want.retention),
-        format!("{:?}", have.retention),
-    );
-    check(
-        "discard",
-        have.discard == want.discard,
-        format!("{:?}", want.discard),
-        format!("{:?}", have.discard),
-    );
     check("deny_delete", have.deny_delete, "true".into(), have.deny_delete.to_string());
     check("deny_purge", have.deny_purge, "true".into(), have.deny_purge.to_string());
     check("allow_rollup", !have.allow_rollup, "false".into(), have.allow_rollup.to_string());

@@ -98,6 +98,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), ReadError>>;
 }
 
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> ReadError {
+    ReadError::Unavailable(e.to_string())
+}
+
 /// Decodes a commit read back from the log.
 pub(crate) fn recorded(position: Position, bytes: &[u8]) -> Result<RecordedCommit, ReadError> {
     let commit = Commit::decode(bytes).map_err(|source| ReadError::Decode { position, source })?;
