@@ -35,6 +35,7 @@ pub async fn run() -> anyhow::Result<()> {
         master_key: MasterKey::generate(),
         api: ApiConfig { auth, tls: None, query_wait: crate::server::QUERY_WAIT },
         metrics: None,
+        provisioner: None,
     })
     .await?;
     println!(

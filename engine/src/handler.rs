@@ -137,6 +137,16 @@ impl Engine {
         Ok(self.sealer.seal(org, app, secret).await?)
     }
 
+    /// Opens an app's sealed credentials, for the provisioner's calls to the app.
+    pub async fn open_credentials(
+        &self,
+        org: &OrgId,
+        app: &AppId,
+        sealed: &SealedCredentials,
+    ) -> Result<Secret, SealError> {
+        self.sealer.open(org, app, sealed).await
+    }
+
     /// Decides and appends one command.
     pub async fn execute(&self, request: Request) -> Result<Executed, ExecuteError> {
         let command_id = request.command_id.clone().unwrap_or_else(new_command_id);

@@ -86,6 +86,27 @@ struct ServeArgs {
     /// Address of the Prometheus metrics endpoint; unset, none is served.
     #[arg(long, env = "QM_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Run no provisioner in this instance (another instance on the same log does the work).
+    #[arg(long, env = "QM_NO_PROVISIONER", num_args = 0..=1, default_missing_value = "true")]
+    no_provisioner: Option<bool>,
+    /// Seconds one call to an app may take [default: 10].
+    #[arg(long, env = "QM_PROVISION_TIMEOUT")]
+    provision_timeout: Option<f64>,
+    /// Milliseconds before the first retry of a failed call, doubling each time [default: 1000].
+    #[arg(long, env = "QM_PROVISION_BACKOFF_MS")]
+    provision_backoff_ms: Option<u64>,
+    /// Failed calls before a grant is quarantined [default: 8].
+    #[arg(long, env = "QM_PROVISION_MAX_ATTEMPTS")]
+    provision_max_attempts: Option<u32>,
+    /// Calls in flight to one integrated app [default: 16].
+    #[arg(long, env = "QM_PROVISION_CONCURRENCY")]
+    provision_concurrency: Option<usize>,
+    /// Calls started per second against one integrated app [default: unpaced].
+    #[arg(long, env = "QM_PROVISION_RATE")]
+    provision_rate: Option<f64>,
+    /// Seconds of silence after which another instance takes over this one's work [default: 30].
+    #[arg(long, env = "QM_PROVISION_ACK_WAIT")]
+    provision_ack_wait: Option<f64>,
 }
 
 /// Where the event log and the views are.
@@ -266,7 +287,7 @@ async fn open_log(storage: &Storage) -> anyhow::Result<Arc<dyn EventLog>> {
         Some(urls) => LogConfig::JetStream { urls: urls.clone(), replicas: storage.nats_replicas },
         None => LogConfig::Embedded,
     };
-    Ok(config.open(&storage.data_dir).await?.0)
+    Ok(config.open(&storage.data_dir).await?.log)
 }
 
 async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
@@ -394,6 +415,7 @@ fn read_config_file(
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let file = read_config_file(args.config.as_ref())?;
     let from_file = |name: &str| file.get(name).cloned();
+    let provisioner = provisioner_config(&args, &from_file)?;
     let listen =
         args.listen.or_else(|| from_file("QM_LISTEN")).unwrap_or_else(|| "127.0.0.1:50051".into());
     let data_dir = args
@@ -456,6 +478,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         master_key,
         api: qm_engine::api::ApiConfig { auth, tls, query_wait: qm_engine::server::QUERY_WAIT },
         metrics,
+        provisioner,
     })
     .await?;
     eprintln!("quartermaster serving on {}", running.addr);
@@ -463,6 +486,59 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("metrics on http://{metrics}/metrics");
     }
     running.until_signal().await
+}
+
+/// A setting from its flag (or environment variable), else the config file, parsed.
+fn setting<T: std::str::FromStr>(
+    flag: Option<T>,
+    name: &str,
+    from_file: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match flag {
+        Some(v) => Ok(Some(v)),
+        None => from_file(name)
+            .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")))
+            .transpose(),
+    }
+}
+
+fn provisioner_config(
+    args: &ServeArgs,
+    from_file: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<qm_engine::provisioner::ProvisionerConfig>> {
+    if setting(args.no_provisioner, "QM_NO_PROVISIONER", from_file)?.unwrap_or(false) {
+        return Ok(None);
+    }
+    let mut config = qm_engine::provisioner::ProvisionerConfig::default();
+    let seconds = |s: f64, name: &str| {
+        std::time::Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("{name} must be a positive number of seconds"))
+    };
+    if let Some(s) = setting(args.provision_timeout, "QM_PROVISION_TIMEOUT", from_file)? {
+        config.call_timeout = seconds(s, "--provision-timeout")?;
+    }
+    if let Some(ms) = setting(args.provision_backoff_ms, "QM_PROVISION_BACKOFF_MS", from_file)? {
+        config.backoff_base = std::time::Duration::from_millis(ms);
+    }
+    if let Some(n) = setting(args.provision_max_attempts, "QM_PROVISION_MAX_ATTEMPTS", from_file)? {
+        anyhow::ensure!(n >= 1, "--provision-max-attempts must be at least 1");
+        config.max_attempts = n;
+    }
+    if let Some(n) = setting(args.provision_concurrency, "QM_PROVISION_CONCURRENCY", from_file)? {
+        anyhow::ensure!(n >= 1, "--provision-concurrency must be at least 1");
+        config.per_app_concurrency = n;
+    }
+    if let Some(rate) = setting(args.provision_rate, "QM_PROVISION_RATE", from_file)? {
+        anyhow::ensure!(rate > 0.0, "--provision-rate must be positive");
+        config.per_app_rate = Some(rate);
+    }
+    if let Some(s) = setting(args.provision_ack_wait, "QM_PROVISION_ACK_WAIT", from_file)? {
+        config.ack_wait = seconds(s, "--provision-ack-wait")?;
+    }
+    Ok(Some(config))
 }
 
 /// The master key: the key file (flag or QM_MASTER_KEY_FILE), else `QM_MASTER_KEY` (hex) from

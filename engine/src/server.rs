@@ -15,6 +15,7 @@ use crate::handler::{Engine, EngineConfig};
 use crate::log::EventLog;
 use crate::log::embedded::EmbeddedLog;
 use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
+use crate::provisioner::{EmbeddedQueue, JetStreamQueue, Provisioner, ProvisionerConfig, WorkQueue};
 use crate::read_side::ReadSide;
 use crate::sealing::{KeyStore, KvKeyStore, MasterKey, RedbKeyStore, Sealer};
 
@@ -29,25 +30,57 @@ pub enum LogConfig {
     },
 }
 
+/// An opened event log with what lives beside it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub log: Arc<dyn EventLog>,
+    /// The organizations' data keys.
+    pub keys: Arc<dyn KeyStore>,
+    work: WorkSource,
+}
+
+#[derive(Debug, Clone)]
+enum WorkSource {
+    Embedded(Arc<redb::Database>),
+    JetStream(JetStreamLog),
+}
+
+/// The durable consumer all instances' provisioners share.
+pub const PROVISIONER_CONSUMER: &str = "qm-provisioner";
+
+impl Backend {
+    /// The provisioner's queue of work: the shared durable consumer on JetStream, a cursor
+    /// beside the embedded log.
+    pub fn work_queue(&self, ack_wait: Duration, in_flight: usize) -> Arc<dyn WorkQueue> {
+        match &self.work {
+            WorkSource::Embedded(db) => Arc::new(EmbeddedQueue::new(self.log.clone(), db.clone())),
+            WorkSource::JetStream(log) => Arc::new(JetStreamQueue::new(
+                log.stream().clone(),
+                PROVISIONER_CONSUMER,
+                &log.config().subject_prefix,
+                ack_wait,
+                in_flight,
+            )),
+        }
+    }
+}
+
 impl LogConfig {
     /// Opens the event log, and the store of data keys kept beside it.
-    pub async fn open(
-        &self,
-        data_dir: &std::path::Path,
-    ) -> anyhow::Result<(Arc<dyn EventLog>, Arc<dyn KeyStore>)> {
+    pub async fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<Backend> {
         Ok(match self {
             LogConfig::Embedded => {
                 std::fs::create_dir_all(data_dir)?;
                 let log = Arc::new(EmbeddedLog::open(data_dir.join("log.redb"))?);
                 let keys = Arc::new(RedbKeyStore::new(log.database()));
-                (log, keys)
+                Backend { work: WorkSource::Embedded(log.database()), log, keys }
             }
             LogConfig::JetStream { urls, replicas } => {
                 let js_config =
                     JetStreamConfig { replicas: *replicas, ..JetStreamConfig::default() };
-                let log = Arc::new(JetStreamLog::connect(urls, js_config).await?);
+                let log = JetStreamLog::connect(urls, js_config).await?;
                 let keys = Arc::new(KvKeyStore::open(log.context(), "QM_KEYS", *replicas).await?);
-                (log, keys)
+                Backend { log: Arc::new(log.clone()), keys, work: WorkSource::JetStream(log) }
             }
         })
     }
@@ -62,6 +95,8 @@ pub struct ServeConfig {
     pub api: ApiConfig,
     /// Where Prometheus scrapes the metrics; `None` serves none.
     pub metrics: Option<SocketAddr>,
+    /// `None` runs no provisioner in this instance (others on the same log may).
+    pub provisioner: Option<ProvisionerConfig>,
 }
 
 /// A started instance; dropping it does not stop it, [`Running::stop`] does.
@@ -70,6 +105,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     metrics: Option<JoinHandle<()>>,
+    provisioner: Option<JoinHandle<()>>,
     pub engine: Arc<Engine>,
     pub read_side: Arc<ReadSide>,
     stop: oneshot::Sender<()>,
@@ -79,8 +115,8 @@ pub struct Running {
 impl Running {
     /// Stops serving, lets open calls finish, and makes the views durable.
     pub async fn stop(self) -> anyhow::Result<()> {
-        if let Some(metrics) = &self.metrics {
-            metrics.abort();
+        for task in [&self.metrics, &self.provisioner].into_iter().flatten() {
+            task.abort();
         }
         let _ = self.stop.send(());
         self.task.await??;
@@ -114,10 +150,14 @@ async fn shutdown_signal() {
 /// Opens the log, the key store, the views, and serves the API.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let (log, keys) = config.log.open(&config.data_dir).await?;
-    let sealer = Arc::new(Sealer::new(config.master_key, keys));
-    let engine = Arc::new(Engine::new(log.clone(), sealer, EngineConfig::default()));
-    let read_side = ReadSide::start(log, &config.data_dir)?;
+    let backend = config.log.open(&config.data_dir).await?;
+    let sealer = Arc::new(Sealer::new(config.master_key, backend.keys.clone()));
+    let engine = Arc::new(Engine::new(backend.log.clone(), sealer, EngineConfig::default()));
+    let read_side = ReadSide::start(backend.log.clone(), &config.data_dir)?;
+    let provisioner = config.provisioner.map(|provisioning| {
+        let queue = backend.work_queue(provisioning.ack_wait, provisioning.in_flight * 4);
+        tokio::spawn(Provisioner::new(engine.clone(), provisioning).run(queue))
+    });
 
     let (metrics_addr, metrics) = match config.metrics {
         Some(at) => {
@@ -136,7 +176,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             let _ = stopped.await;
         }));
     tracing::info!(%addr, "serving");
-    Ok(Running { addr, metrics_addr, metrics, engine, read_side, stop, task })
+    Ok(Running { addr, metrics_addr, metrics, provisioner, engine, read_side, stop, task })
 }
 
 /// The default query wait for `min_position`.

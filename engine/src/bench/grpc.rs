@@ -62,6 +62,7 @@ pub async fn run(bench: GrpcBench) -> anyhow::Result<GrpcReport> {
         master_key: MasterKey::generate(),
         api: ApiConfig { auth, tls: None, query_wait: Duration::from_secs(10) },
         metrics: None,
+        provisioner: None,
     })
     .await?;
     let result = measure(&bench, &running.engine, &running.read_side, running.addr).await;

@@ -115,6 +115,11 @@ impl JetStreamLog {
         Ok(JetStreamLog { client, js, stream, snapshots, config })
     }
 
+    /// The stream of commits, for consumers of their own (the provisioner's).
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
     pub fn context(&self) -> &jetstream::Context {
         &self.js
     }

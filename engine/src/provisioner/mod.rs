@@ -1,0 +1,517 @@
+//! The provisioner: makes the apps agree with the grants.
+//!
+//! It reads every commit from a [`WorkQueue`] shared by all instances, and for each fact that
+//! asks something of an app (an app added or its credentials changed, a grant requested,
+//! retried, or on its way out, a failed call due again) it looks at the organization's current
+//! state, calls the app's connector, and records what happened as a command, which the aggregate
+//! checks like any other. A commit is acknowledged only once its work is recorded, so a crash
+//! at any point means the work is delivered again; calls are idempotent because the account's
+//! `externalId` is the grant id, looked up before anything is created.
+//!
+//! Failures are recorded with the time of the next attempt (exponential backoff with jitter,
+//! or the app's `Retry-After`); past `max_attempts`, or when the app refuses the request
+//! itself, the grant is quarantined with the reason, and `RetryGrant` arms it again.
+
+pub mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use qm_connectors::catalog::{self, DeprovisionPolicy};
+use qm_connectors::{Account, Connector, ConnectorError, Credentials, NewAccount};
+use qm_proto::*;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::handler::{Engine, ExecuteError, Request};
+use crate::org::{AppStatus, Command, DecideError, GrantState, OrgState};
+pub use queue::{Delivery, EmbeddedQueue, JetStreamQueue, WorkQueue};
+
+/// How the provisioner paces and retries its calls.
+#[derive(Debug, Clone)]
+pub struct ProvisionerConfig {
+    /// The service name its outcomes are recorded under.
+    pub actor: String,
+    /// The longest one call to an app may take.
+    pub call_timeout: Duration,
+    /// The delay before the first retry; each further one doubles it, up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Failed calls of one operation before its grant is quarantined.
+    pub max_attempts: u32,
+    /// Calls in flight to one integrated app.
+    pub per_app_concurrency: usize,
+    /// Calls started per second against one integrated app; `None` is unpaced.
+    pub per_app_rate: Option<f64>,
+    /// Commits worked on at once by this instance.
+    pub in_flight: usize,
+    /// How long a commit handed to this instance may go without a sign of progress before
+    /// the queue hands it to another (a crashed instance's work moves on after this).
+    pub ack_wait: Duration,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        ProvisionerConfig {
+            actor: "provisioner".into(),
+            call_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            max_attempts: 8,
+            per_app_concurrency: 16,
+            per_app_rate: None,
+            in_flight: 256,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one fact of a commit asks of the provisioner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Job {
+    /// Check the app's credentials.
+    Verify { app: AppId, credentials: SealedCredentials },
+    /// Bring the grant's account in line with the grant, if the grant has not moved on since:
+    /// `attempts` is how many failures the fact had seen.
+    Grant { grant: GrantId, attempts: u32, due: Option<Timestamp> },
+}
+
+fn jobs_of(commit: &Commit) -> Vec<Job> {
+    let grant = |grant: &GrantId, attempts, due| Job::Grant { grant: grant.clone(), attempts, due };
+    commit
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::IntegratedAppAdded(e) => {
+                Some(Job::Verify { app: e.app.clone(), credentials: e.credentials.clone() })
+            }
+            Event::AppCredentialsUpdated(e) => {
+                Some(Job::Verify { app: e.app.clone(), credentials: e.credentials.clone() })
+            }
+            Event::GrantRequested(GrantRequested { grant: g, .. })
+            | Event::GrantRetried(GrantRetried { grant: g })
+            | Event::DeprovisioningRequested(DeprovisioningRequested { grant: g, .. }) => {
+                Some(grant(g, 0, None))
+            }
+            // An account that landed after its grant's deprovisioning was asked for must go.
+            Event::AccountProvisioned(e) => Some(grant(&e.grant, u32::MAX, None)),
+            Event::ProvisioningFailed(e) => {
+                e.next_retry_at.map(|due| grant(&e.grant, e.attempt, Some(due)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pacing of the calls to one integrated app.
+#[derive(Debug)]
+struct AppLimit {
+    calls: Arc<Semaphore>,
+    next_start: tokio::sync::Mutex<Instant>,
+}
+
+/// A connector, with the sealed credentials it was built from.
+type CachedConnector = (SealedCredentials, Arc<dyn Connector>);
+
+#[derive(Debug)]
+pub struct Provisioner {
+    engine: Arc<Engine>,
+    config: ProvisionerConfig,
+    client: reqwest::Client,
+    connectors: Mutex<HashMap<(OrgId, AppId), CachedConnector>>,
+    limits: Mutex<HashMap<(OrgId, AppId), Arc<AppLimit>>>,
+}
+
+/// What handling one job came to.
+enum Handled {
+    Done,
+    /// Not due yet: deliver again after this long.
+    Later(Duration),
+}
+
+impl Provisioner {
+    pub fn new(engine: Arc<Engine>, config: ProvisionerConfig) -> Arc<Provisioner> {
+        let client = qm_connectors::scim::http_client(config.call_timeout);
+        Arc::new(Provisioner {
+            engine,
+            config,
+            client,
+            connectors: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Works through `queue` until the task is aborted, coming back after any error.
+    pub async fn run(self: Arc<Self>, queue: Arc<dyn WorkQueue>) {
+        let slots = Arc::new(Semaphore::new(self.config.in_flight));
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let mut deliveries = queue.deliveries();
+            while let Some(next) = deliveries.next().await {
+                let delivery = match next {
+                    Ok(delivery) => delivery,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "provisioner lost its work queue; reopening");
+                        break;
+                    }
+                };
+                pause = Duration::from_millis(100);
+                let jobs = jobs_of(&delivery.commit.commit);
+                if jobs.is_empty() {
+                    delivery.ack().await;
+                    continue;
+                }
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                let this = self.clone();
+                let ack_wait = queue.ack_wait();
+                tokio::spawn(async move {
+                    this.handle(delivery, jobs, ack_wait).await;
+                    drop(slot);
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery, jobs: Vec<Job>, ack_wait: Duration) {
+        let org = delivery.commit.commit.org.clone();
+        let position = delivery.commit.position;
+        let work = futures::future::join_all(jobs.iter().map(|job| self.job(&org, job)));
+        let outcomes = keep_alive(&delivery, ack_wait, work).await;
+        let mut later = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Handled::Done) => {}
+                Ok(Handled::Later(delay)) => later = Some(later.unwrap_or(delay).min(delay)),
+                Err(e) => {
+                    // Nothing was recorded: the log or the key store is out of reach.
+                    tracing::warn!(%org, position, error = %e, "provisioning work deferred");
+                    later = Some(self.config.backoff_base);
+                }
+            }
+        }
+        match later {
+            Some(delay) => delivery.retry_after(delay).await,
+            None => delivery.ack().await,
+        }
+    }
+
+    async fn job(&self, org: &OrgId, job: &Job) -> Result<Handled, ExecuteError> {
+        match job {
+            Job::Verify { app, credentials } => self.verify(org, app, credentials).await,
+            Job::Grant { grant, attempts, due } => {
+                if let Some(due) = due {
+                    let wait = due.0 - Timestamp::now().0;
+                    if wait > 0 {
+                        return Ok(Handled::Later(Duration::from_micros(wait as u64)));
+                    }
+                }
+                self.grant(org, grant, *attempts).await
+            }
+        }
+    }
+
+    /// Checks an app's credentials and records the verdict, unless they changed meanwhile.
+    async fn verify(
+        &self,
+        org: &OrgId,
+        app: &AppId,
+        credentials: &SealedCredentials,
+    ) -> Result<Handled, ExecuteError> {
+        let state = self.engine.org_state(org).await?;
+        let Some(current) = state.apps.get(app) else { return Ok(Handled::Done) };
+        if current.status != AppStatus::Authorizing || &current.credentials != credentials {
+            return Ok(Handled::Done);
+        }
+        let verdict = match self.connector(org, app, current).await {
+            Ok(connector) => {
+                let mut attempt = 1;
+                loop {
+                    match connector.verify().await {
+                        Err(e) if e.is_transient() && attempt < self.config.max_attempts => {
+                            tokio::time::sleep(self.backoff(attempt, &e)).await;
+                            attempt += 1;
+                        }
+                        other => break other,
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let command = match verdict {
+            Ok(()) => Command::RecordAppAuthorized { app: app.clone() },
+            Err(e) => Command::RecordAuthorizationFailed { app: app.clone(), reason: e.to_string() },
+        };
+        let key = format!("verify/{app}/{}", hex::encode(&credentials.nonce));
+        self.record(org, &key, command).await
+    }
+
+    /// Moves one grant's account forward, if the grant still waits for what `attempts` says.
+    async fn grant(
+        &self,
+        org: &OrgId,
+        grant_id: &GrantId,
+        attempts: u32,
+    ) -> Result<Handled, ExecuteError> {
+        let state = self.engine.org_state(org).await?;
+        let Some(grant) = state.grants.get(grant_id) else { return Ok(Handled::Done) };
+        // A fact about an older attempt: a newer failure carries the work on.
+        if attempts != u32::MAX && grant.attempts != attempts {
+            return Ok(Handled::Done);
+        }
+        if !state.apps.contains_key(&grant.app) {
+            return Ok(Handled::Done);
+        }
+        match (grant.state, grant.deprovision_cause) {
+            (GrantState::Requested | GrantState::Failed, None) if attempts != u32::MAX => {
+                self.provision(org, &state, grant_id).await
+            }
+            (GrantState::Deprovisioning, Some(_)) => self.deprovision(org, &state, grant_id).await,
+            _ => Ok(Handled::Done),
+        }
+    }
+
+    async fn provision(
+        &self,
+        org: &OrgId,
+        state: &OrgState,
+        grant_id: &GrantId,
+    ) -> Result<Handled, ExecuteError> {
+        let grant = &state.grants[grant_id];
+        let app = &state.apps[&grant.app];
+        let Some(member) = state.members.get(&grant.person) else { return Ok(Handled::Done) };
+        let wanted = NewAccount {
+            external_id: grant_id.to_string(),
+            user_name: member.email.clone(),
+            email: member.email.clone(),
+            display_name: member.display_name.clone(),
+        };
+        let result = match self.connector(org, &grant.app, app).await {
+            Ok(connector) => {
+                let _pace = self.pace(org, &grant.app).await;
+                ensure_account(connector.as_ref(), &wanted).await.map(|a| (a, connector))
+            }
+            Err(e) => Err(e),
+        };
+        let (account, connector) = match result {
+            Ok(found) => found,
+            Err(e) => return self.record_failure(org, grant_id, grant.attempts, &e).await,
+        };
+        let command = Command::RecordAccountProvisioned {
+            grant: grant_id.clone(),
+            account: ExternalAccount {
+                id: account.id.clone(),
+                user_name: account.user_name.clone(),
+                open_url: None,
+            },
+        };
+        let key = format!("provisioned/{grant_id}");
+        match self.execute(org, &key, command).await {
+            Err(ExecuteError::Rejected(DecideError::GrantNotFound { .. })) => {
+                // The grant was revoked while its account was being created (its deprovisioning
+                // found nothing yet): take the account away again, or it would be orphaned.
+                let policy = catalog::find(&app.catalog_app).map(|c| c.deprovision);
+                if let Err(e) = remove_account(connector.as_ref(), &account.id, policy).await {
+                    tracing::error!(%org, grant = %grant_id, account = %account.id, error = %e,
+                        "an account created for a revoked grant could not be removed");
+                }
+                Ok(Handled::Done)
+            }
+            other => settled(other),
+        }
+    }
+
+    async fn deprovision(
+        &self,
+        org: &OrgId,
+        state: &OrgState,
+        grant_id: &GrantId,
+    ) -> Result<Handled, ExecuteError> {
+        let grant = &state.grants[grant_id];
+        let app = &state.apps[&grant.app];
+        let policy = catalog::find(&app.catalog_app).map(|c| c.deprovision);
+        let result = async {
+            let connector = self.connector(org, &grant.app, app).await?;
+            let _pace = self.pace(org, &grant.app).await;
+            let account_id = match &grant.account {
+                Some(account) => Some(account.id.clone()),
+                // A create may have landed without being recorded.
+                None => connector.find(grant_id.as_str()).await?.map(|a| a.id),
+            };
+            match account_id {
+                Some(id) => remove_account(connector.as_ref(), &id, policy).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            return self.record_failure(org, grant_id, grant.attempts, &e).await;
+        }
+        let key = format!("deprovisioned/{grant_id}");
+        settled(self.execute(org, &key, Command::RecordAccountDeprovisioned { grant: grant_id.clone() }).await)
+    }
+
+    async fn record_failure(
+        &self,
+        org: &OrgId,
+        grant: &GrantId,
+        attempts: u32,
+        error: &ConnectorError,
+    ) -> Result<Handled, ExecuteError> {
+        let attempt = attempts + 1;
+        let retry = matches!(error, ConnectorError::Transient { .. } | ConnectorError::Unauthorized(_));
+        let next_retry_at = (retry && attempt < self.config.max_attempts).then(|| {
+            Timestamp::now().plus_micros(self.backoff(attempt, error).as_micros() as i64)
+        });
+        let reason = match next_retry_at {
+            None if retry => format!("gave up after {attempt} attempts: {error}"),
+            _ => error.to_string(),
+        };
+        tracing::info!(%org, %grant, attempt, reason, retry = next_retry_at.is_some(), "call failed");
+        let command =
+            Command::RecordProvisioningFailed { grant: grant.clone(), reason, next_retry_at };
+        self.record(org, &format!("failed/{grant}/{attempt}"), command).await
+    }
+
+    /// Exponential backoff with full jitter in its upper half, never sooner than the app asked.
+    fn backoff(&self, attempt: u32, error: &ConnectorError) -> Duration {
+        let exp = self.config.backoff_base.saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        let ceiling = exp.min(self.config.backoff_cap);
+        let jittered = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
+        match error {
+            ConnectorError::Transient { retry_after: Some(asked), .. } => jittered.max(*asked),
+            _ => jittered,
+        }
+    }
+
+    async fn record(&self, org: &OrgId, key: &str, command: Command) -> Result<Handled, ExecuteError> {
+        settled(self.execute(org, key, command).await)
+    }
+
+    /// Executes an outcome under a command id derived from `key`, so that two provisioners
+    /// recording the same outcome write it once.
+    async fn execute(
+        &self,
+        org: &OrgId,
+        key: &str,
+        command: Command,
+    ) -> Result<crate::handler::Executed, ExecuteError> {
+        let digest = Sha256::digest(format!("{org}/{key}").as_bytes());
+        let command_id = CommandId::parse(format!("prov-{}", hex::encode(&digest[..16])))
+            .expect("hex is a valid id");
+        let actor = Actor::Service(self.config.actor.clone());
+        self.engine.execute(Request::new(org.clone(), actor, command).with_command_id(command_id)).await
+    }
+
+    /// The connector for an app, built anew when its credentials changed.
+    async fn connector(
+        &self,
+        org: &OrgId,
+        app_id: &AppId,
+        app: &crate::org::IntegratedApp,
+    ) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let key = (org.clone(), app_id.clone());
+        if let Some((sealed, connector)) = self.connectors.lock().expect("no panic holds this lock").get(&key)
+            && sealed == &app.credentials
+        {
+            return Ok(connector.clone());
+        }
+        let entry = catalog::find(&app.catalog_app).ok_or_else(|| {
+            ConnectorError::Rejected(format!("{} is not in the catalog", app.catalog_app))
+        })?;
+        let secret = self
+            .engine
+            .open_credentials(org, app_id, &app.credentials)
+            .await
+            .map_err(|e| ConnectorError::Unauthorized(format!("credentials cannot be opened: {e}")))?;
+        let credentials = Credentials::from_json(secret.expose())
+            .map_err(|e| ConnectorError::Unauthorized(e.to_string()))?;
+        let connector =
+            qm_connectors::connector_for(entry, self.client.clone(), &app.base_url, credentials);
+        self.connectors
+            .lock()
+            .expect("no panic holds this lock")
+            .insert(key, (app.credentials.clone(), connector.clone()));
+        Ok(connector)
+    }
+
+    /// Waits for a call slot of the app, and for its turn under the rate limit.
+    async fn pace(&self, org: &OrgId, app: &AppId) -> tokio::sync::OwnedSemaphorePermit {
+        let limit = self
+            .limits
+            .lock()
+            .expect("no panic holds this lock")
+            .entry((org.clone(), app.clone()))
+            .or_insert_with(|| {
+                Arc::new(AppLimit {
+                    calls: Arc::new(Semaphore::new(self.config.per_app_concurrency)),
+                    next_start: tokio::sync::Mutex::new(Instant::now()),
+                })
+            })
+            .clone();
+        if let Some(rate) = self.config.per_app_rate {
+            let start = {
+                let mut next = limit.next_start.lock().await;
+                let start = (*next).max(Instant::now());
+                *next = start + Duration::from_secs_f64(1.0 / rate);
+                start
+            };
+            tokio::time::sleep_until(start.into()).await;
+        }
+        limit.calls.clone().acquire_owned().await.expect("never closed")
+    }
+}
+
+/// The account for `wanted`: the one already made for the grant (active again if it was
+/// locked), or a new one.
+async fn ensure_account(connector: &dyn Connector, wanted: &NewAccount) -> Result<Account, ConnectorError> {
+    match connector.find(&wanted.external_id).await? {
+        Some(found) if found.active => Ok(found),
+        Some(found) => {
+            connector.reactivate(&found.id, &wanted.external_id).await?;
+            Ok(Account { active: true, ..found })
+        }
+        None => connector.create(wanted).await,
+    }
+}
+
+/// Takes an account away as the app's policy says (locked by default).
+async fn remove_account(
+    connector: &dyn Connector,
+    id: &str,
+    policy: Option<DeprovisionPolicy>,
+) -> Result<(), ConnectorError> {
+    match policy.unwrap_or(DeprovisionPolicy::Deactivate) {
+        DeprovisionPolicy::Deactivate => connector.deactivate(id).await,
+        DeprovisionPolicy::Delete => connector.delete(id).await,
+    }
+}
+
+/// An outcome command's answer as the end of a job. A rejection means the grant moved on
+/// (another provisioner recorded first, an admin acted): there is nothing left to do.
+fn settled(answer: Result<crate::handler::Executed, ExecuteError>) -> Result<Handled, ExecuteError> {
+    match answer {
+        Ok(_) => Ok(Handled::Done),
+        Err(ExecuteError::Rejected(e)) => {
+            tracing::debug!(error = %e, "outcome not recorded: the grant moved on");
+            Ok(Handled::Done)
+        }
+        Err(ExecuteError::CommandIdReused { .. }) => Ok(Handled::Done),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `work`, telling the queue it is still in progress every third of the ack wait.
+async fn keep_alive<T>(delivery: &Delivery, ack_wait: Duration, work: impl Future<Output = T>) -> T {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tokio::time::sleep(every) => delivery.still_working().await,
+        }
+    }
+}
