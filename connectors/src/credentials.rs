@@ -12,7 +12,9 @@ pub enum Credentials {
 
 /// The credentials' JSON was not one of the three shapes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("credentials hold none of bearer_token, username/password, client_id/client_secret/token_url")]
+#[error(
+    "credentials hold none of bearer_token, username/password, client_id/client_secret/token_url"
+)]
 pub struct UnknownCredentials;
 
 #[derive(Deserialize)]

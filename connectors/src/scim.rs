@@ -112,7 +112,12 @@ impl ScimConnector {
         Ok((token.to_string(), Duration::from_secs(lifetime)))
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> ConnectorResult<Answer> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> ConnectorResult<Answer> {
         let what = format!("{method} {path}");
         let mut request = self
             .client
@@ -149,11 +154,15 @@ impl ScimConnector {
     }
 
     async fn search(&self, attribute: &str, value: &str) -> ConnectorResult<Option<Account>> {
-        let filter = format!("{attribute} eq \"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+        let filter =
+            format!("{attribute} eq \"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
         let path = format!("/Users?filter={}&startIndex=1&count=2", encode(&filter));
         let answer = self.call(Method::GET, &path, None).await?;
         if !answer.status.is_success() {
-            return Err(ConnectorError::Rejected(describe(&format!("search by {attribute}"), &answer)));
+            return Err(ConnectorError::Rejected(describe(
+                &format!("search by {attribute}"),
+                &answer,
+            )));
         }
         let resources = answer
             .body
@@ -163,7 +172,12 @@ impl ScimConnector {
         Ok(resources.and_then(|r| r.first()).and_then(account_of))
     }
 
-    async fn set_active(&self, id: &str, active: bool, external_id: Option<&str>) -> ConnectorResult<()> {
+    async fn set_active(
+        &self,
+        id: &str,
+        active: bool,
+        external_id: Option<&str>,
+    ) -> ConnectorResult<()> {
         let path = format!("/Users/{}", encode(id));
         let mut operations = vec![json!({"op": "replace", "path": "active", "value": active})];
         if let Some(external_id) = external_id {
@@ -182,7 +196,10 @@ impl ScimConnector {
                     return Ok(());
                 }
                 if !current.body.is_object() {
-                    return Err(ConnectorError::Rejected(describe(&format!("GET {path}"), &current)));
+                    return Err(ConnectorError::Rejected(describe(
+                        &format!("GET {path}"),
+                        &current,
+                    )));
                 }
                 let mut resource = current.body;
                 let fields = resource.as_object_mut().expect("checked to be an object");
@@ -263,7 +280,11 @@ impl Connector for ScimConnector {
         self.set_active(id, false, None).boxed()
     }
 
-    fn reactivate<'a>(&'a self, id: &'a str, external_id: &'a str) -> BoxFuture<'a, ConnectorResult<()>> {
+    fn reactivate<'a>(
+        &'a self,
+        id: &'a str,
+        external_id: &'a str,
+    ) -> BoxFuture<'a, ConnectorResult<()>> {
         self.set_active(id, true, Some(external_id)).boxed()
     }
 
@@ -371,7 +392,8 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);

@@ -179,11 +179,24 @@ impl Engine {
         let mut slot = slot.lock().await;
         self.ensure_loaded(org, &mut slot).await?;
 
+        // Whether the cached state is known to include the log's tail. An accepted command
+        // needs no such check (the append's concurrency check does it), but a rejection or a
+        // no-op decided on a cache that another instance's commits have outrun would be wrong.
+        let mut fresh = false;
         for _ in 0..self.config.max_attempts {
             if let Some(position) = slot.state.recent_command(&command_id) {
                 return self.replay(org, &command_id, position).await;
             }
-            let events = decide(org, &slot.state, &request.actor, &request.command)?;
+            let decided = decide(org, &slot.state, &request.actor, &request.command);
+            if !fresh && decided.as_ref().map_or(true, Vec::is_empty) {
+                fresh = true;
+                let before = slot.state.version;
+                catch_up(self.log.as_ref(), org, &mut slot.state).await?;
+                if slot.state.version != before {
+                    continue;
+                }
+            }
+            let events = decided?;
             if events.is_empty() {
                 return Ok(Executed {
                     command_id,
@@ -230,6 +243,7 @@ impl Engine {
                     crate::metrics::record_conflict();
                     tracing::debug!(version = slot.state.version, "conflict, reading the tail");
                     catch_up(self.log.as_ref(), org, &mut slot.state).await?;
+                    fresh = true;
                 }
                 Err(e) => return Err(e.into()),
             }

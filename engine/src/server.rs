@@ -15,7 +15,9 @@ use crate::handler::{Engine, EngineConfig};
 use crate::log::EventLog;
 use crate::log::embedded::EmbeddedLog;
 use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
-use crate::provisioner::{EmbeddedQueue, JetStreamQueue, Provisioner, ProvisionerConfig, WorkQueue};
+use crate::provisioner::{
+    EmbeddedQueue, JetStreamQueue, Provisioner, ProvisionerConfig, WorkQueue,
+};
 use crate::read_side::ReadSide;
 use crate::sealing::{KeyStore, KvKeyStore, MasterKey, RedbKeyStore, Sealer};
 

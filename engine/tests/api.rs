@@ -49,6 +49,9 @@ async fn instance(log: LogConfig) -> anyhow::Result<Instance> {
         master_key: MasterKey::from_hex(&"42".repeat(32))?,
         api: ApiConfig { auth, tls: None, query_wait: Duration::from_millis(300) },
         metrics: Some("127.0.0.1:0".parse()?),
+        // These tests record the app's answers themselves (engine/tests/provisioning.rs has
+        // the provisioner's).
+        provisioner: None,
     })
     .await?;
     let channel = Channel::from_shared(format!("http://{}", running.addr))?.connect().await?;
@@ -124,7 +127,7 @@ async fn acme(i: &mut Instance, org: &str) -> anyhow::Result<u64> {
     };
     i.commands.add_team_member(join).await?;
     i.commands.add_integrated_app(add_app(org)).await?;
-    // Until a provisioner runs here, the app's answer is recorded as the provisioner records it.
+    // No provisioner runs here: the app's answer is recorded as the provisioner records it.
     let authorized = EngineRequest::new(
         org.parse()?,
         Actor::Service("provisioner".into()),

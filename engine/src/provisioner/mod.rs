@@ -243,7 +243,9 @@ impl Provisioner {
         };
         let command = match verdict {
             Ok(()) => Command::RecordAppAuthorized { app: app.clone() },
-            Err(e) => Command::RecordAuthorizationFailed { app: app.clone(), reason: e.to_string() },
+            Err(e) => {
+                Command::RecordAuthorizationFailed { app: app.clone(), reason: e.to_string() }
+            }
         };
         let key = format!("verify/{app}/{}", hex::encode(&credentials.nonce));
         self.record(org, &key, command).await
@@ -351,7 +353,14 @@ impl Provisioner {
             return self.record_failure(org, grant_id, grant.attempts, &e).await;
         }
         let key = format!("deprovisioned/{grant_id}");
-        settled(self.execute(org, &key, Command::RecordAccountDeprovisioned { grant: grant_id.clone() }).await)
+        settled(
+            self.execute(
+                org,
+                &key,
+                Command::RecordAccountDeprovisioned { grant: grant_id.clone() },
+            )
+            .await,
+        )
     }
 
     async fn record_failure(
@@ -362,10 +371,10 @@ impl Provisioner {
         error: &ConnectorError,
     ) -> Result<Handled, ExecuteError> {
         let attempt = attempts + 1;
-        let retry = matches!(error, ConnectorError::Transient { .. } | ConnectorError::Unauthorized(_));
-        let next_retry_at = (retry && attempt < self.config.max_attempts).then(|| {
-            Timestamp::now().plus_micros(self.backoff(attempt, error).as_micros() as i64)
-        });
+        let retry =
+            matches!(error, ConnectorError::Transient { .. } | ConnectorError::Unauthorized(_));
+        let next_retry_at = (retry && attempt < self.config.max_attempts)
+            .then(|| Timestamp::now().plus_micros(self.backoff(attempt, error).as_micros() as i64));
         let reason = match next_retry_at {
             None if retry => format!("gave up after {attempt} attempts: {error}"),
             _ => error.to_string(),
@@ -387,7 +396,12 @@ impl Provisioner {
         }
     }
 
-    async fn record(&self, org: &OrgId, key: &str, command: Command) -> Result<Handled, ExecuteError> {
+    async fn record(
+        &self,
+        org: &OrgId,
+        key: &str,
+        command: Command,
+    ) -> Result<Handled, ExecuteError> {
         settled(self.execute(org, key, command).await)
     }
 
@@ -403,7 +417,9 @@ impl Provisioner {
         let command_id = CommandId::parse(format!("prov-{}", hex::encode(&digest[..16])))
             .expect("hex is a valid id");
         let actor = Actor::Service(self.config.actor.clone());
-        self.engine.execute(Request::new(org.clone(), actor, command).with_command_id(command_id)).await
+        self.engine
+            .execute(Request::new(org.clone(), actor, command).with_command_id(command_id))
+            .await
     }
 
     /// The connector for an app, built anew when its credentials changed.
@@ -414,7 +430,8 @@ impl Provisioner {
         app: &crate::org::IntegratedApp,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
         let key = (org.clone(), app_id.clone());
-        if let Some((sealed, connector)) = self.connectors.lock().expect("no panic holds this lock").get(&key)
+        if let Some((sealed, connector)) =
+            self.connectors.lock().expect("no panic holds this lock").get(&key)
             && sealed == &app.credentials
         {
             return Ok(connector.clone());
@@ -422,11 +439,10 @@ impl Provisioner {
         let entry = catalog::find(&app.catalog_app).ok_or_else(|| {
             ConnectorError::Rejected(format!("{} is not in the catalog", app.catalog_app))
         })?;
-        let secret = self
-            .engine
-            .open_credentials(org, app_id, &app.credentials)
-            .await
-            .map_err(|e| ConnectorError::Unauthorized(format!("credentials cannot be opened: {e}")))?;
+        let secret =
+            self.engine.open_credentials(org, app_id, &app.credentials).await.map_err(|e| {
+                ConnectorError::Unauthorized(format!("credentials cannot be opened: {e}"))
+            })?;
         let credentials = Credentials::from_json(secret.expose())
             .map_err(|e| ConnectorError::Unauthorized(e.to_string()))?;
         let connector =
@@ -467,7 +483,10 @@ impl Provisioner {
 
 /// The account for `wanted`: the one already made for the grant (active again if it was
 /// locked), or a new one.
-async fn ensure_account(connector: &dyn Connector, wanted: &NewAccount) -> Result<Account, ConnectorError> {
+async fn ensure_account(
+    connector: &dyn Connector,
+    wanted: &NewAccount,
+) -> Result<Account, ConnectorError> {
     match connector.find(&wanted.external_id).await? {
         Some(found) if found.active => Ok(found),
         Some(found) => {
@@ -492,7 +511,9 @@ async fn remove_account(
 
 /// An outcome command's answer as the end of a job. A rejection means the grant moved on
 /// (another provisioner recorded first, an admin acted): there is nothing left to do.
-fn settled(answer: Result<crate::handler::Executed, ExecuteError>) -> Result<Handled, ExecuteError> {
+fn settled(
+    answer: Result<crate::handler::Executed, ExecuteError>,
+) -> Result<Handled, ExecuteError> {
     match answer {
         Ok(_) => Ok(Handled::Done),
         Err(ExecuteError::Rejected(e)) => {
@@ -505,7 +526,11 @@ fn settled(answer: Result<crate::handler::Executed, ExecuteError>) -> Result<Han
 }
 
 /// Runs `work`, telling the queue it is still in progress every third of the ack wait.
-async fn keep_alive<T>(delivery: &Delivery, ack_wait: Duration, work: impl Future<Output = T>) -> T {
+async fn keep_alive<T>(
+    delivery: &Delivery,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
     let every = (ack_wait / 3).max(Duration::from_millis(100));
     let mut work = std::pin::pin!(work);
     loop {
