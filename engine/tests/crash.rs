@@ -1,5 +1,7 @@
-//! Crash: SIGKILL the `quartermaster` process while it catches up on 200k events; after a
-//! restart the views equal a full rebuild, so no commit was lost or applied twice.
+//! Crashes: SIGKILL the `quartermaster` process while it catches up on 200k events (after a
+//! restart the views equal a full rebuild, so no commit was lost or applied twice); SIGKILL a
+//! serving instance after the app created an account but before the outcome was recorded
+//! (after a restart, exactly one account exists and the grant is active).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -10,8 +12,13 @@ use qm_engine::bench::history::{Synthetic, publish};
 use qm_engine::log::EventLog;
 use qm_engine::log::jetstream::{JetStreamConfig, JetStreamLog};
 use qm_projections::Projector;
-use qm_replay_tests::nats::NatsServer;
+use qm_proto::api::v1;
+use qm_proto::api::v1::command_service_client::CommandServiceClient;
+use qm_proto::api::v1::query_service_client::QueryServiceClient;
+use qm_replay_tests::nats::{NatsServer, free_port};
+use qm_replay_tests::scim::{FaultProxy, Matching, ScimServer};
 use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
 
 fn catch_up(url: &str, dir: &std::path::Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"));
@@ -78,6 +85,156 @@ async fn a_killed_catch_up_resumes_to_exactly_the_rebuilt_views() -> anyhow::Res
     ensure!(
         resumed.views()?.dump()? == rebuilt.views()?.dump()?,
         "resumed views differ from a full rebuild"
+    );
+    Ok(())
+}
+
+/// `quartermaster serve` on JetStream, without authentication, retrying quickly.
+fn serve(url: &str, dir: &std::path::Path, port: u16) -> anyhow::Result<tokio::process::Child> {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+        .args(["serve", "--no-auth", "--nats-url", url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--provision-ack-wait", "2", "--provision-backoff-ms", "50"])
+        .env("QM_MASTER_KEY", "17".repeat(32))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(child)
+}
+
+async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = probe().await {
+            return Ok(found);
+        }
+        ensure!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn channel(port: u16) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}"))?;
+    until("the instance to listen", async || endpoint.connect().await.ok()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_apps_create_and_its_record_leaves_exactly_one_account()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let scim = ScimServer::start("t").await?;
+    let proxy = FaultProxy::start(&scim.url()).await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let mut instance = serve(&nats.url(), dir.path(), port)?;
+    let channel = channel(port).await?;
+    let mut commands = CommandServiceClient::new(channel.clone());
+    let mut queries = QueryServiceClient::new(channel);
+
+    let (org, admin) = ("acme".to_string(), "alice".to_string());
+    commands
+        .create_organization(v1::CreateOrganizationRequest {
+            actor_id: admin.clone(),
+            org_id: org.clone(),
+            name: "Acme".into(),
+            admin_email: "alice@acme.test".into(),
+            admin_display_name: "Alice".into(),
+            ..Default::default()
+        })
+        .await?;
+    commands
+        .create_team(v1::CreateTeamRequest {
+            actor_id: admin.clone(),
+            org_id: org.clone(),
+            team_id: "staff".into(),
+            name: "Staff".into(),
+            ..Default::default()
+        })
+        .await?;
+    commands
+        .add_member(v1::AddMemberRequest {
+            actor_id: admin.clone(),
+            org_id: org.clone(),
+            person_id: "bob".into(),
+            email: "bob@acme.test".into(),
+            display_name: "Bob".into(),
+            role: v1::Role::Member as i32,
+            ..Default::default()
+        })
+        .await?;
+    commands
+        .add_team_member(v1::AddTeamMemberRequest {
+            actor_id: admin.clone(),
+            org_id: org.clone(),
+            team_id: "staff".into(),
+            person_id: "bob".into(),
+            ..Default::default()
+        })
+        .await?;
+    commands
+        .add_integrated_app(v1::AddIntegratedAppRequest {
+            actor_id: admin.clone(),
+            org_id: org.clone(),
+            app_id: "wiki".into(),
+            catalog_app: "custom-scim".into(),
+            display_name: "Wiki".into(),
+            base_url: proxy.url(),
+            credentials: Some(v1::Credentials { bearer_token: "t".into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await?;
+    let list = v1::ListIntegratedAppsRequest { org_id: org.clone(), ..Default::default() };
+    until("the app to be authorized", async || {
+        let apps = queries.list_integrated_apps(list.clone()).await.ok()?.into_inner().apps;
+        apps.iter().any(|a| a.status == v1::AppStatus::Authorized as i32).then_some(())
+    })
+    .await?;
+
+    // The create reaches the app, and its answer never comes back.
+    proxy.hold(Matching::Creates);
+    let grant = commands
+        .provision_user(v1::ProvisionUserRequest {
+            actor_id: admin.clone(),
+            org_id: org.clone(),
+            app_id: "wiki".into(),
+            person_id: "bob".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .grant_id;
+    until("the app to hold the account", async || {
+        let users = scim.users_with_external_id(&grant).await.ok()?;
+        (users.len() == 1 && proxy.held() == 1).then_some(())
+    })
+    .await?;
+    instance.start_kill()?;
+    instance.wait().await?;
+
+    proxy.heal();
+    let _restarted = serve(&nats.url(), dir.path(), port)?;
+    let mut queries = QueryServiceClient::new(self::channel(port).await?);
+    let get =
+        v1::GetGrantRequest { org_id: org.clone(), grant_id: grant.clone(), ..Default::default() };
+    let active = until("the grant to be active", async || {
+        let found = queries.get_grant(get.clone()).await.ok()?.into_inner().grant?;
+        (found.state == v1::GrantState::Active as i32).then_some(found)
+    })
+    .await?;
+    let users = scim.users().await?;
+    ensure!(users.len() == 1, "exactly one account: {users:#?}");
+    ensure!(
+        users[0]["externalId"] == grant.as_str()
+            && users[0]["id"] == active.external_account_id.as_str()
+    );
+    ensure!(
+        proxy.requests().iter().filter(|r| r.starts_with("POST")).count() == 1,
+        "{:?}",
+        proxy.requests()
     );
     Ok(())
 }
