@@ -107,7 +107,7 @@ struct Snapshot {
     state: OrgState,
 }
 
-const SNAPSHOT_FORMAT: u16 = 1;
+const SNAPSHOT_FORMAT: u16 = 2;
 
 /// The write side: decides commands and appends their commits.
 #[derive(Debug)]

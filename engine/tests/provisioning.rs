@@ -439,3 +439,76 @@ async fn two_instances_provision_500_grants_exactly_once_each() -> anyhow::Resul
     a.running.stop().await?;
     b.running.stop().await
 }
+
+#[tokio::test]
+async fn the_breaker_holds_a_mass_deprovisioning_until_an_admin_confirms() -> anyhow::Result<()> {
+    let scim = ScimServer::start("t").await?;
+    let mut i = instance(LogConfig::Embedded, quick_retries()).await?;
+    let staff: Vec<String> = (0..8).map(|n| format!("s{n}")).collect();
+    i.org("acme", &staff).await?;
+    i.app("acme", "wiki", &scim.url(), "t").await?;
+    let mut grants = Vec::new();
+    for person in &staff {
+        grants.push(i.provision("acme", "wiki", person).await?);
+    }
+    for grant in &grants {
+        i.grant_once("acme", grant, is(v1::GrantState::Active)).await?;
+    }
+
+    // One bad change: deleting the team takes everyone's last team, so every account would go.
+    i.commands
+        .delete_team(v1::DeleteTeamRequest {
+            actor_id: ADMIN.into(),
+            org_id: "acme".into(),
+            team_id: "staff".into(),
+            ..Default::default()
+        })
+        .await?;
+    for grant in &grants {
+        let held = i.grant_once("acme", grant, is(v1::GrantState::Held)).await?;
+        ensure!(held.last_error.contains("8 of 8 accounts of wiki"), "{held:?}");
+    }
+    let users = scim.users().await?;
+    ensure!(users.len() == 8 && users.iter().all(|u| u["active"] == true), "nothing taken yet");
+
+    // The app's other work goes on meanwhile.
+    i.commands
+        .create_team(v1::CreateTeamRequest {
+            actor_id: ADMIN.into(),
+            org_id: "acme".into(),
+            team_id: "ops".into(),
+            name: "Ops".into(),
+            ..Default::default()
+        })
+        .await?;
+    i.commands
+        .add_team_member(v1::AddTeamMemberRequest {
+            actor_id: ADMIN.into(),
+            org_id: "acme".into(),
+            team_id: "ops".into(),
+            person_id: ADMIN.into(),
+            ..Default::default()
+        })
+        .await?;
+    let alice = i.provision("acme", "wiki", ADMIN).await?;
+    i.grant_once("acme", &alice, is(v1::GrantState::Active)).await?;
+
+    let confirmed = i
+        .commands
+        .confirm_deprovisionings(v1::ConfirmDeprovisioningsRequest {
+            actor_id: ADMIN.into(),
+            org_id: "acme".into(),
+            app_id: "wiki".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(confirmed.grant_ids.len() == 8, "{confirmed:?}");
+    for grant in &grants {
+        i.grant_once("acme", grant, is(v1::GrantState::Revoked)).await?;
+        let users = scim.users_with_external_id(grant).await?;
+        ensure!(users.len() == 1 && users[0]["active"] == false, "{users:?}");
+    }
+    ensure!(scim.users_with_external_id(&alice).await?[0]["active"] == true);
+    i.running.stop().await
+}

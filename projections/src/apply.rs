@@ -376,6 +376,16 @@ impl<'txn> Batch<'txn> {
                 grant.deprovision_cause = Some(e.cause);
                 grant.attempts = 0;
             }
+            Event::DeprovisioningHeld(e) => {
+                let grant = self.grant(at, &e.grant)?;
+                grant.status = GrantStatus::Held;
+                grant.last_error = Some(e.reason.clone());
+            }
+            Event::DeprovisioningConfirmed(e) => {
+                let grant = self.grant(at, &e.grant)?;
+                grant.status = GrantStatus::Deprovisioning;
+                grant.attempts = 0;
+            }
             Event::AccountDeprovisioned(e) => {
                 let cause = self
                     .grant(at, &e.grant)?

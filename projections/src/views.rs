@@ -111,6 +111,9 @@ pub enum GrantStatus {
     Quarantined,
     Deprovisioning,
     Revoked,
+    /// Deprovisioning held by the circuit breaker until an admin confirms. (Appended: the
+    /// views store statuses by index.)
+    Held,
 }
 
 impl GrantStatus {
@@ -123,6 +126,7 @@ impl GrantStatus {
             GrantStatus::Quarantined => "quarantined",
             GrantStatus::Deprovisioning => "deprovisioning",
             GrantStatus::Revoked => "revoked",
+            GrantStatus::Held => "held",
         }
     }
 }

@@ -234,6 +234,20 @@ pub struct DeprovisioningRequested {
     pub cause: DeprovisionCause,
 }
 
+/// The circuit breaker held the grant's deprovisioning: an unusual share of the app's accounts
+/// was on its way out at once. An admin's confirmation lets it go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeprovisioningHeld {
+    pub grant: GrantId,
+    pub reason: String,
+}
+
+/// An admin confirmed a held deprovisioning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeprovisioningConfirmed {
+    pub grant: GrantId,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountDeprovisioned {
     pub grant: GrantId,
@@ -272,6 +286,8 @@ pub enum Event {
     DeprovisioningRequested(DeprovisioningRequested),
     AccountDeprovisioned(AccountDeprovisioned),
     GrantRevoked(GrantRevoked),
+    DeprovisioningHeld(DeprovisioningHeld),
+    DeprovisioningConfirmed(DeprovisioningConfirmed),
 }
 
 impl Event {
@@ -302,6 +318,8 @@ impl Event {
             Event::DeprovisioningRequested(_) => "DeprovisioningRequested",
             Event::AccountDeprovisioned(_) => "AccountDeprovisioned",
             Event::GrantRevoked(_) => "GrantRevoked",
+            Event::DeprovisioningHeld(_) => "DeprovisioningHeld",
+            Event::DeprovisioningConfirmed(_) => "DeprovisioningConfirmed",
         }
     }
 }

@@ -55,6 +55,8 @@ pub enum WireEvent {
     GrantRevoked(GrantRevoked),
     GrantRetried(GrantRetried),
     ProvisioningFailed(ProvisioningFailed),
+    DeprovisioningHeld(DeprovisioningHeld),
+    DeprovisioningConfirmed(DeprovisioningConfirmed),
 }
 
 impl WireEvent {
@@ -93,6 +95,8 @@ impl WireEvent {
             Event::DeprovisioningRequested(e) => WireEvent::DeprovisioningRequested(e),
             Event::AccountDeprovisioned(e) => WireEvent::AccountDeprovisioned(e),
             Event::GrantRevoked(e) => WireEvent::GrantRevoked(e),
+            Event::DeprovisioningHeld(e) => WireEvent::DeprovisioningHeld(e),
+            Event::DeprovisioningConfirmed(e) => WireEvent::DeprovisioningConfirmed(e),
         }
     }
 
@@ -127,6 +131,8 @@ impl WireEvent {
             WireEvent::DeprovisioningRequested(e) => Event::DeprovisioningRequested(e),
             WireEvent::AccountDeprovisioned(e) => Event::AccountDeprovisioned(e),
             WireEvent::GrantRevoked(e) => Event::GrantRevoked(e),
+            WireEvent::DeprovisioningHeld(e) => Event::DeprovisioningHeld(e),
+            WireEvent::DeprovisioningConfirmed(e) => Event::DeprovisioningConfirmed(e),
             WireEvent::GrantRetried(e) => Event::GrantRetried(e),
             WireEvent::ProvisioningFailed(e) => Event::ProvisioningFailed(e),
         }

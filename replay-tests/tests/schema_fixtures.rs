@@ -12,7 +12,7 @@ use qm_proto::wire::{ProvisioningFailedV1, WireEvent};
 use qm_proto::*;
 use qm_replay_tests::fixtures::id;
 
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 27;
 
 /// The wire index of each variant; exhaustive, so a new variant cannot be forgotten here.
 fn variant(event: &WireEvent) -> usize {
@@ -43,6 +43,8 @@ fn variant(event: &WireEvent) -> usize {
         GrantRevoked(_) => 22,
         GrantRetried(_) => 23,
         ProvisioningFailed(_) => 24,
+        DeprovisioningHeld(_) => 25,
+        DeprovisioningConfirmed(_) => 26,
     }
 }
 
@@ -125,6 +127,11 @@ fn samples() -> Vec<WireEvent> {
             reason: "timeout".into(),
             next_retry_at: Some(Timestamp(1_764_000_000_000_000)),
         }),
+        WireEvent::DeprovisioningHeld(DeprovisioningHeld {
+            grant: id("g1"),
+            reason: "12 of 40 accounts of crm on their way out within 10 minutes".into(),
+        }),
+        WireEvent::DeprovisioningConfirmed(DeprovisioningConfirmed { grant: id("g1") }),
     ]
 }
 
@@ -139,9 +146,10 @@ fn sample_commit() -> Commit {
         correlation_id: "req-42".into(),
         causation_id: Some("req-41".into()),
         prev_hash: [0xab; 32],
+        // The events the fixture was written with: every variant up to ProvisioningFailed (24).
         events: samples()
             .into_iter()
-            .filter(|e| !matches!(e, WireEvent::ProvisioningFailedV1(_)))
+            .filter(|e| variant(e) <= 24 && !matches!(e, WireEvent::ProvisioningFailedV1(_)))
             .map(WireEvent::upcast)
             .collect(),
     }

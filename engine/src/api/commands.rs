@@ -319,4 +319,22 @@ impl CommandService for Commands {
         let command = Command::RetryGrant { grant: id("grant_id", &r.grant_id)? };
         answer!(RetryGrantResponse, self.run(&r.actor_id, &r.command_id, &r.org_id, command).await?)
     }
+
+    async fn confirm_deprovisionings(
+        &self,
+        r: Request<ConfirmDeprovisioningsRequest>,
+    ) -> Result<Response<ConfirmDeprovisioningsResponse>, Status> {
+        let r = r.into_inner();
+        let command = Command::ConfirmDeprovisionings { app: id("app_id", &r.app_id)? };
+        let done = self.run(&r.actor_id, &r.command_id, &r.org_id, command).await?;
+        let grant_ids = done
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::DeprovisioningConfirmed(c) => Some(c.grant.to_string()),
+                _ => None,
+            })
+            .collect();
+        answer!(ConfirmDeprovisioningsResponse, done, grant_ids: grant_ids)
+    }
 }

@@ -42,6 +42,7 @@ pub fn grant_state(status: views::GrantStatus) -> v1::GrantState {
         S::Quarantined => v1::GrantState::Quarantined,
         S::Deprovisioning => v1::GrantState::Deprovisioning,
         S::Revoked => v1::GrantState::Revoked,
+        S::Held => v1::GrantState::Held,
     }
 }
 

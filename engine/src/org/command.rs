@@ -79,6 +79,10 @@ pub enum Command {
     RetryGrant {
         grant: GrantId,
     },
+    /// Lets every deprovisioning of `app` that the circuit breaker holds go on.
+    ConfirmDeprovisionings {
+        app: AppId,
+    },
     /// Outcomes the provisioner records; only a service actor may send them.
     RecordAppAuthorized {
         app: AppId,
@@ -99,6 +103,11 @@ pub enum Command {
     },
     RecordAccountDeprovisioned {
         grant: GrantId,
+    },
+    /// The circuit breaker holds the grant's deprovisioning until an admin confirms.
+    RecordDeprovisioningHeld {
+        grant: GrantId,
+        reason: String,
     },
 }
 
@@ -123,11 +132,13 @@ impl Command {
             Command::SuspendGrant { .. } => "SuspendGrant",
             Command::ResumeGrant { .. } => "ResumeGrant",
             Command::RetryGrant { .. } => "RetryGrant",
+            Command::ConfirmDeprovisionings { .. } => "ConfirmDeprovisionings",
             Command::RecordAppAuthorized { .. } => "RecordAppAuthorized",
             Command::RecordAuthorizationFailed { .. } => "RecordAuthorizationFailed",
             Command::RecordAccountProvisioned { .. } => "RecordAccountProvisioned",
             Command::RecordProvisioningFailed { .. } => "RecordProvisioningFailed",
             Command::RecordAccountDeprovisioned { .. } => "RecordAccountDeprovisioned",
+            Command::RecordDeprovisioningHeld { .. } => "RecordDeprovisioningHeld",
         }
     }
 
@@ -140,6 +151,7 @@ impl Command {
                 | Command::RecordAccountProvisioned { .. }
                 | Command::RecordProvisioningFailed { .. }
                 | Command::RecordAccountDeprovisioned { .. }
+                | Command::RecordDeprovisioningHeld { .. }
         )
     }
 }

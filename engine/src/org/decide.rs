@@ -386,6 +386,20 @@ pub fn decide(
             d.grant_in(grant, &[GrantState::Quarantined], "retried")?;
             Ok(vec![Event::GrantRetried(GrantRetried { grant: grant.clone() })])
         }
+        Command::ConfirmDeprovisionings { app } => {
+            // A detached app's grants are on their way out too: it need not be attached.
+            if !state.apps.contains_key(app) {
+                return Err(DecideError::AppNotFound { app: app.clone(), org: org.clone() });
+            }
+            Ok(state
+                .grants
+                .iter()
+                .filter(|(_, g)| &g.app == app && g.state == GrantState::Held)
+                .map(|(id, _)| {
+                    Event::DeprovisioningConfirmed(DeprovisioningConfirmed { grant: id.clone() })
+                })
+                .collect())
+        }
         Command::RecordAppAuthorized { app } => {
             d.app(app)?;
             Ok(vec![Event::AppAuthorized(AppAuthorized { app: app.clone() })])
@@ -448,6 +462,20 @@ pub fn decide(
                 Event::AccountDeprovisioned(AccountDeprovisioned { grant: grant.clone() }),
                 Event::GrantRevoked(GrantRevoked { grant: grant.clone(), cause }),
             ])
+        }
+        Command::RecordDeprovisioningHeld { grant, reason } => {
+            let current = d.grant_in(grant, &[GrantState::Deprovisioning], "held")?;
+            if current.deprovision_confirmed {
+                return Err(DecideError::GrantWrongState {
+                    grant: grant.clone(),
+                    state: "confirmed for deprovisioning",
+                    wanted: "held",
+                });
+            }
+            Ok(vec![Event::DeprovisioningHeld(DeprovisioningHeld {
+                grant: grant.clone(),
+                reason: reason.clone(),
+            })])
         }
     }
 }
@@ -594,7 +622,8 @@ fn check_input(command: &Command) -> Result<(), DecideError> {
         Command::UpdateAppCredentials { credentials, .. } => check_sealed(credentials),
         Command::SetSeatLimit { seat_limit, .. } => check_seats(*seat_limit),
         Command::RecordAuthorizationFailed { reason, .. }
-        | Command::RecordProvisioningFailed { reason, .. } => {
+        | Command::RecordProvisioningFailed { reason, .. }
+        | Command::RecordDeprovisioningHeld { reason, .. } => {
             check_text("reason", reason, MAX_REASON)
         }
         Command::RecordAccountProvisioned { account, .. } => {

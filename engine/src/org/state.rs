@@ -84,6 +84,8 @@ pub enum GrantState {
     Quarantined,
     /// Waiting for the provisioner to take the account away.
     Deprovisioning,
+    /// Its deprovisioning is held by the circuit breaker until an admin confirms it.
+    Held,
 }
 
 impl GrantState {
@@ -95,6 +97,7 @@ impl GrantState {
             GrantState::Failed => "failed",
             GrantState::Quarantined => "quarantined",
             GrantState::Deprovisioning => "deprovisioning",
+            GrantState::Held => "held",
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct Grant {
     /// Set once a deprovisioning was requested: failures and retries then concern taking the
     /// account away, not creating it.
     pub deprovision_cause: Option<DeprovisionCause>,
+    /// An admin confirmed the deprovisioning past the circuit breaker.
+    pub deprovision_confirmed: bool,
     pub account: Option<ExternalAccount>,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -238,6 +243,7 @@ impl OrgState {
                     person: e.person.clone(),
                     state: GrantState::Requested,
                     deprovision_cause: None,
+                    deprovision_confirmed: false,
                     account: None,
                     attempts: 0,
                     last_error: None,
@@ -297,6 +303,20 @@ impl OrgState {
                 if let Some(grant) = self.grants.get_mut(&e.grant) {
                     grant.state = GrantState::Deprovisioning;
                     grant.deprovision_cause = Some(e.cause);
+                    grant.deprovision_confirmed = false;
+                    grant.attempts = 0;
+                }
+            }
+            Event::DeprovisioningHeld(e) => {
+                if let Some(grant) = self.grants.get_mut(&e.grant) {
+                    grant.state = GrantState::Held;
+                    grant.last_error = Some(e.reason.clone());
+                }
+            }
+            Event::DeprovisioningConfirmed(e) => {
+                if let Some(grant) = self.grants.get_mut(&e.grant) {
+                    grant.state = GrantState::Deprovisioning;
+                    grant.deprovision_confirmed = true;
                     grant.attempts = 0;
                 }
             }

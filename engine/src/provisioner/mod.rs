@@ -11,10 +11,16 @@
 //! Failures are recorded with the time of the next attempt (exponential backoff with jitter,
 //! or the app's `Retry-After`); past `max_attempts`, or when the app refuses the request
 //! itself, the grant is quarantined with the reason, and `RetryGrant` arms it again.
+//!
+//! A circuit breaker guards against mass deletions from one bad change: when more than
+//! `breaker.share` of an app's accounts would be taken away within `breaker.window` (counting
+//! the deprovisionings waiting in the aggregate and those this instance carried out in the
+//! window), each further deprovisioning of that app is held (`DeprovisioningHeld`) until an
+//! admin confirms them all (`ConfirmDeprovisionings`). The app's other work goes on.
 
 pub mod queue;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +56,24 @@ pub struct ProvisionerConfig {
     /// How long a commit handed to this instance may go without a sign of progress before
     /// the queue hands it to another (a crashed instance's work moves on after this).
     pub ack_wait: Duration,
+    pub breaker: BreakerConfig,
+}
+
+/// When deprovisionings are held for an admin's confirmation.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// The share of an app's accounts that may go within `window` without a confirmation.
+    pub share: f64,
+    pub window: Duration,
+    /// Below this many accounts going, the breaker never trips (one person leaving a small
+    /// app is not a mass deletion).
+    pub min_accounts: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { share: 0.2, window: Duration::from_secs(600), min_accounts: 5 }
+    }
 }
 
 impl Default for ProvisionerConfig {
@@ -64,6 +88,7 @@ impl Default for ProvisionerConfig {
             per_app_rate: None,
             in_flight: 256,
             ack_wait: Duration::from_secs(30),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -92,6 +117,7 @@ fn jobs_of(commit: &Commit) -> Vec<Job> {
             }
             Event::GrantRequested(GrantRequested { grant: g, .. })
             | Event::GrantRetried(GrantRetried { grant: g })
+            | Event::DeprovisioningConfirmed(DeprovisioningConfirmed { grant: g })
             | Event::DeprovisioningRequested(DeprovisioningRequested { grant: g, .. }) => {
                 Some(grant(g, 0, None))
             }
@@ -122,6 +148,8 @@ pub struct Provisioner {
     client: reqwest::Client,
     connectors: Mutex<HashMap<(OrgId, AppId), CachedConnector>>,
     limits: Mutex<HashMap<(OrgId, AppId), Arc<AppLimit>>>,
+    /// When this instance took accounts away, per app, within the breaker's window.
+    taken: Mutex<HashMap<(OrgId, AppId), VecDeque<Instant>>>,
 }
 
 /// What handling one job came to.
@@ -140,6 +168,7 @@ impl Provisioner {
             client,
             connectors: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
+            taken: Mutex::new(HashMap::new()),
         })
     }
 
@@ -334,6 +363,13 @@ impl Provisioner {
     ) -> Result<Handled, ExecuteError> {
         let grant = &state.grants[grant_id];
         let app = &state.apps[&grant.app];
+        if !grant.deprovision_confirmed
+            && let Some(reason) = self.breaker_trips(org, state, &grant.app)
+        {
+            tracing::warn!(%org, grant = %grant_id, reason, "deprovisioning held");
+            let command = Command::RecordDeprovisioningHeld { grant: grant_id.clone(), reason };
+            return self.record(org, &format!("held/{grant_id}"), command).await;
+        }
         let policy = catalog::find(&app.catalog_app).map(|c| c.deprovision);
         let result = async {
             let connector = self.connector(org, &grant.app, app).await?;
@@ -352,15 +388,45 @@ impl Provisioner {
         if let Err(e) = result {
             return self.record_failure(org, grant_id, grant.attempts, &e).await;
         }
-        let key = format!("deprovisioned/{grant_id}");
-        settled(
-            self.execute(
-                org,
-                &key,
-                Command::RecordAccountDeprovisioned { grant: grant_id.clone() },
+        self.taken
+            .lock()
+            .expect("no panic holds this lock")
+            .entry((org.clone(), grant.app.clone()))
+            .or_default()
+            .push_back(Instant::now());
+        let command = Command::RecordAccountDeprovisioned { grant: grant_id.clone() };
+        self.record(org, &format!("deprovisioned/{grant_id}"), command).await
+    }
+
+    /// Why the next deprovisioning of `app` must wait for an admin, if it must.
+    fn breaker_trips(&self, org: &OrgId, state: &OrgState, app: &AppId) -> Option<String> {
+        let breaker = &self.config.breaker;
+        let recent = {
+            let mut taken = self.taken.lock().expect("no panic holds this lock");
+            let times = taken.entry((org.clone(), app.clone())).or_default();
+            while times.front().is_some_and(|t| t.elapsed() > breaker.window) {
+                times.pop_front();
+            }
+            times.len()
+        };
+        let of_app = || state.grants.values().filter(|g| &g.app == app);
+        let leaving = of_app()
+            .filter(|g| {
+                !g.deprovision_confirmed
+                    && matches!(g.state, GrantState::Deprovisioning | GrantState::Held)
+            })
+            .count();
+        // The accounts the app had when the window opened, as near as this instance knows.
+        let accounts = of_app().count() + recent;
+        let going = leaving + recent;
+        let trips = going >= breaker.min_accounts && going as f64 > breaker.share * accounts as f64;
+        trips.then(|| {
+            format!(
+                "{going} of {accounts} accounts of {app} would go within {} min; held until an \
+                 admin confirms (ConfirmDeprovisionings)",
+                breaker.window.as_secs().div_ceil(60)
             )
-            .await,
-        )
+        })
     }
 
     async fn record_failure(

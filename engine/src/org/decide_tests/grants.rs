@@ -335,3 +335,54 @@ fn rejects_an_outcome_with_an_empty_reason() {
     .unwrap_err();
     assert!(matches!(err, DecideError::Invalid { field: "reason", .. }));
 }
+
+// The circuit breaker.
+
+fn held(grant: &str) -> Command {
+    Command::RecordDeprovisioningHeld { grant: id(grant), reason: "6 of 10 accounts".into() }
+}
+
+#[test]
+fn a_held_deprovisioning_waits_for_an_admin_then_goes_on_once() {
+    let state = given(&with_grant("bob", "g1"));
+    let err = when(&state, &provisioner(), held("g1")).unwrap_err();
+    assert!(matches!(err, DecideError::GrantWrongState { .. }), "only a deprovisioning is held");
+    let state =
+        then(&state, &alice(), Command::DeprovisionUser { app: id("crm"), person: id("bob") });
+    let err = when(&state, &alice(), held("g1")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "only the provisioner holds");
+    let state = then(&state, &provisioner(), held("g1"));
+    assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Held);
+    assert_eq!(state.apps[&id::<AppId>("crm")].seats_used, 1, "a held grant keeps its seat");
+    let err = when(&state, &provisioner(), Command::RecordAccountDeprovisioned { grant: id("g1") })
+        .unwrap_err();
+    assert!(matches!(err, DecideError::GrantWrongState { .. }), "nothing goes while held");
+
+    let confirm = Command::ConfirmDeprovisionings { app: id("crm") };
+    let err = when(&state, &provisioner(), confirm.clone()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "an admin confirms, not a service");
+    let events = when(&state, &alice(), confirm.clone()).unwrap();
+    assert_eq!(
+        events,
+        vec![Event::DeprovisioningConfirmed(DeprovisioningConfirmed { grant: id("g1") })]
+    );
+    let state = then(&state, &alice(), confirm.clone());
+    let grant = &state.grants[&id::<GrantId>("g1")];
+    assert_eq!((grant.state, grant.deprovision_confirmed), (GrantState::Deprovisioning, true));
+    assert!(when(&state, &alice(), confirm).unwrap().is_empty(), "nothing is left to confirm");
+    let err = when(&state, &provisioner(), held("g1")).unwrap_err();
+    assert!(
+        matches!(err, DecideError::GrantWrongState { .. }),
+        "a confirmed one is not held again"
+    );
+    let state =
+        then(&state, &provisioner(), Command::RecordAccountDeprovisioned { grant: id("g1") });
+    assert!(state.grants.is_empty());
+}
+
+#[test]
+fn confirming_needs_an_app_of_the_organization() {
+    let err = when(&given(&history()), &alice(), Command::ConfirmDeprovisionings { app: id("zz") })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
