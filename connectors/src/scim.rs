@@ -34,13 +34,22 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
 }
 
 /// A SCIM 2.0 service provider, for one organization's integrated app.
-#[derive(Debug)]
 pub struct ScimConnector {
     client: reqwest::Client,
     /// The base URL without a trailing `/`.
     base: String,
     credentials: Credentials,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl std::fmt::Debug for ScimConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cached OAuth token stays out; the credentials print themselves redacted.
+        f.debug_struct("ScimConnector")
+            .field("base", &self.base)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One answer, read whole.
@@ -118,7 +127,8 @@ impl ScimConnector {
         path: &str,
         body: Option<Value>,
     ) -> ConnectorResult<Answer> {
-        let what = format!("{method} {path}");
+        // Reasons end up in the history: the query (a filter on a person's email) stays out.
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -140,6 +150,8 @@ impl ScimConnector {
         match status {
             s if s.is_success() => Ok(answer),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                // An OAuth token the app stopped taking is fetched anew next time.
+                *self.token.lock().await = None;
                 Err(ConnectorError::Unauthorized(describe(&what, &answer)))
             }
             StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
@@ -169,7 +181,13 @@ impl ScimConnector {
             .get("Resources")
             .or_else(|| answer.body.get("resources"))
             .and_then(Value::as_array);
-        Ok(resources.and_then(|r| r.first()).and_then(account_of))
+        // A provider that ignores a filter it does not support answers with other users:
+        // only an exact match counts.
+        let matches = |account: &Account| match attribute {
+            "externalId" => account.external_id.as_deref() == Some(value),
+            _ => account.user_name.eq_ignore_ascii_case(value),
+        };
+        Ok(resources.into_iter().flatten().filter_map(account_of).find(matches))
     }
 
     async fn set_active(

@@ -141,6 +141,31 @@ enum BenchCommand {
     Projection(ProjectionArgs),
     /// ProvisionUser over gRPC against raw JetStream publishes, and GetLaunchpad latency.
     Grpc(GrpcArgs),
+    /// Grants provisioned end to end into a SCIM server against its raw create rate.
+    Provision(ProvisionArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProvisionArgs {
+    #[arg(long, env = "QM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The SCIM 2.0 base URL of a server to create the accounts in (https, or http on loopback).
+    #[arg(long)]
+    scim_url: String,
+    /// The bearer token the SCIM server accepts.
+    #[arg(long, env = "QM_BENCH_SCIM_TOKEN", default_value = "bench")]
+    scim_token: String,
+    #[arg(long, default_value_t = 2000)]
+    grants: usize,
+    /// Organizations the grants are spread over, each with its own integrated app.
+    #[arg(long, default_value_t = 4)]
+    orgs: usize,
+    /// Calls in flight to one integrated app.
+    #[arg(long, default_value_t = 16)]
+    per_app_concurrency: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -268,6 +293,19 @@ async fn main() -> anyhow::Result<()> {
                 query_rate: args.query_rate,
             })
             .await?;
+            print_report(&report, args.json)
+        }
+        Commands::Bench(BenchCommand::Provision(args)) => {
+            let report =
+                qm_engine::bench::provision::run(qm_engine::bench::provision::ProvisionBench {
+                    nats_url: args.nats_url,
+                    scim_url: args.scim_url,
+                    scim_token: args.scim_token,
+                    grants: args.grants,
+                    orgs: args.orgs,
+                    per_app_concurrency: args.per_app_concurrency,
+                })
+                .await?;
             print_report(&report, args.json)
         }
         Commands::Projections(command) => projections(command).await,

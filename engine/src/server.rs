@@ -157,7 +157,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let engine = Arc::new(Engine::new(backend.log.clone(), sealer, EngineConfig::default()));
     let read_side = ReadSide::start(backend.log.clone(), &config.data_dir)?;
     let provisioner = config.provisioner.map(|provisioning| {
-        let queue = backend.work_queue(provisioning.ack_wait, provisioning.in_flight * 4);
+        // Retries waiting out their backoff count as pending: leave room for many.
+        let queue = backend.work_queue(provisioning.ack_wait, provisioning.in_flight.max(10_000));
         tokio::spawn(Provisioner::new(engine.clone(), provisioning).run(queue))
     });
 

@@ -78,14 +78,21 @@ pub fn any_step() -> impl Strategy<Value = (Option<usize>, Command)> {
             },
             grant,
         }),
-        1 => (pick_grant(), any::<bool>()).prop_map(|(grant, retry)| {
-            Command::RecordProvisioningFailed {
+        2 => (pick_grant(), any::<bool>(), 1u32..3, any::<bool>()).prop_map(
+            |(grant, retry, attempt, deprovisioning)| Command::RecordProvisioningFailed {
                 grant,
+                attempt,
+                deprovisioning,
                 reason: "http 503".into(),
                 next_retry_at: retry.then_some(Timestamp(1)),
             }
-        }),
+        ),
         2 => pick_grant().prop_map(|grant| Command::RecordAccountDeprovisioned { grant }),
+        1 => pick_grant().prop_map(|grant| Command::RecordDeprovisioningHeld {
+            grant,
+            reason: "breaker".into(),
+        }),
+        1 => pick_app().prop_map(|app| Command::ConfirmDeprovisionings { app }),
     ];
     // p0 founds the organization; weighting it keeps histories from stalling on permission errors.
     let actor = prop_oneof![2 => Just(None), 3 => Just(Some(0)), 3 => (1..PEOPLE).prop_map(Some)];

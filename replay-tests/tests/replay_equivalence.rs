@@ -17,6 +17,7 @@ fn status_of(state: GrantState) -> GrantStatus {
         GrantState::Failed => GrantStatus::Failed,
         GrantState::Quarantined => GrantStatus::Quarantined,
         GrantState::Deprovisioning => GrantStatus::Deprovisioning,
+        GrantState::Held => GrantStatus::Held,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod append;
 pub mod grpc;
 pub mod history;
 pub mod projection;
+pub mod provision;
 
 use std::time::Duration;
 

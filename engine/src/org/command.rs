@@ -98,6 +98,12 @@ pub enum Command {
     /// `next_retry_at: None` means the provisioner gives up: the grant is quarantined.
     RecordProvisioningFailed {
         grant: GrantId,
+        /// The attempt that failed: the grant's failures so far plus one. A failure of an
+        /// attempt the grant has moved past is refused, so a late answer cannot count twice.
+        attempt: u32,
+        /// Whether the call was taking the account away (else creating it); a failure of the
+        /// other phase is refused.
+        deprovisioning: bool,
         reason: String,
         next_retry_at: Option<Timestamp>,
     },

@@ -434,12 +434,27 @@ pub fn decide(
                 account: account.clone(),
             })])
         }
-        Command::RecordProvisioningFailed { grant, reason, next_retry_at } => {
+        Command::RecordProvisioningFailed {
+            grant,
+            attempt,
+            deprovisioning,
+            reason,
+            next_retry_at,
+        } => {
             let current = d.grant_in(
                 grant,
                 &[GrantState::Requested, GrantState::Failed, GrantState::Deprovisioning],
                 "marked failed",
             )?;
+            if current.attempts + 1 != *attempt
+                || current.deprovision_cause.is_some() != *deprovisioning
+            {
+                return Err(DecideError::GrantWrongState {
+                    grant: grant.clone(),
+                    state: "past that attempt",
+                    wanted: "marked failed for it",
+                });
+            }
             let mut events = vec![Event::ProvisioningFailed(ProvisioningFailed {
                 grant: grant.clone(),
                 attempt: current.attempts + 1,

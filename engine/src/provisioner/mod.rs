@@ -208,7 +208,7 @@ impl Provisioner {
     async fn handle(&self, delivery: Delivery, jobs: Vec<Job>, ack_wait: Duration) {
         let org = delivery.commit.commit.org.clone();
         let position = delivery.commit.position;
-        let work = futures::future::join_all(jobs.iter().map(|job| self.job(&org, job)));
+        let work = futures::future::join_all(jobs.iter().map(|job| self.job(&org, job, position)));
         let outcomes = keep_alive(&delivery, ack_wait, work).await;
         let mut later = None;
         for outcome in outcomes {
@@ -228,7 +228,12 @@ impl Provisioner {
         }
     }
 
-    async fn job(&self, org: &OrgId, job: &Job) -> Result<Handled, ExecuteError> {
+    async fn job(
+        &self,
+        org: &OrgId,
+        job: &Job,
+        trigger: Position,
+    ) -> Result<Handled, ExecuteError> {
         match job {
             Job::Verify { app, credentials } => self.verify(org, app, credentials).await,
             Job::Grant { grant, attempts, due } => {
@@ -238,7 +243,7 @@ impl Provisioner {
                         return Ok(Handled::Later(Duration::from_micros(wait as u64)));
                     }
                 }
-                self.grant(org, grant, *attempts).await
+                self.grant(org, grant, *attempts, trigger).await
             }
         }
     }
@@ -286,6 +291,7 @@ impl Provisioner {
         org: &OrgId,
         grant_id: &GrantId,
         attempts: u32,
+        trigger: Position,
     ) -> Result<Handled, ExecuteError> {
         let state = self.engine.org_state(org).await?;
         let Some(grant) = state.grants.get(grant_id) else { return Ok(Handled::Done) };
@@ -298,9 +304,11 @@ impl Provisioner {
         }
         match (grant.state, grant.deprovision_cause) {
             (GrantState::Requested | GrantState::Failed, None) if attempts != u32::MAX => {
-                self.provision(org, &state, grant_id).await
+                self.provision(org, &state, grant_id, trigger).await
             }
-            (GrantState::Deprovisioning, Some(_)) => self.deprovision(org, &state, grant_id).await,
+            (GrantState::Deprovisioning, Some(_)) => {
+                self.deprovision(org, &state, grant_id, trigger).await
+            }
             _ => Ok(Handled::Done),
         }
     }
@@ -310,6 +318,7 @@ impl Provisioner {
         org: &OrgId,
         state: &OrgState,
         grant_id: &GrantId,
+        trigger: Position,
     ) -> Result<Handled, ExecuteError> {
         let grant = &state.grants[grant_id];
         let app = &state.apps[&grant.app];
@@ -320,38 +329,68 @@ impl Provisioner {
             email: member.email.clone(),
             display_name: member.display_name.clone(),
         };
-        let result = match self.connector(org, &grant.app, app).await {
-            Ok(connector) => {
-                let _pace = self.pace(org, &grant.app).await;
-                ensure_account(connector.as_ref(), &wanted).await.map(|a| (a, connector))
+        let connector = match self.connector(org, &grant.app, app).await {
+            Ok(connector) => connector,
+            Err(e) => return self.record_failure(org, grant_id, grant, trigger, &e).await,
+        };
+        let created = {
+            let _pace = self.pace(org, &grant.app).await;
+            ensure_account(connector.as_ref(), &wanted).await
+        };
+        let answer = match &created {
+            Ok(account) => {
+                let command = Command::RecordAccountProvisioned {
+                    grant: grant_id.clone(),
+                    account: ExternalAccount {
+                        id: account.id.clone(),
+                        user_name: account.user_name.clone(),
+                        open_url: None,
+                    },
+                };
+                self.execute(org, &format!("provisioned/{grant_id}"), command).await
             }
-            Err(e) => Err(e),
+            Err(e) => return self.record_failure(org, grant_id, grant, trigger, e).await,
         };
-        let (account, connector) = match result {
-            Ok(found) => found,
-            Err(e) => return self.record_failure(org, grant_id, grant.attempts, &e).await,
-        };
-        let command = Command::RecordAccountProvisioned {
-            grant: grant_id.clone(),
-            account: ExternalAccount {
-                id: account.id.clone(),
-                user_name: account.user_name.clone(),
-                open_url: None,
-            },
-        };
-        let key = format!("provisioned/{grant_id}");
-        match self.execute(org, &key, command).await {
-            Err(ExecuteError::Rejected(DecideError::GrantNotFound { .. })) => {
-                // The grant was revoked while its account was being created (its deprovisioning
-                // found nothing yet): take the account away again, or it would be orphaned.
-                let policy = catalog::find(&app.catalog_app).map(|c| c.deprovision);
-                if let Err(e) = remove_account(connector.as_ref(), &account.id, policy).await {
-                    tracing::error!(%org, grant = %grant_id, account = %account.id, error = %e,
-                        "an account created for a revoked grant could not be removed");
+        if let Err(ExecuteError::Rejected(DecideError::GrantNotFound { .. })) = answer {
+            // The grant was revoked while its account was being created (its deprovisioning
+            // found nothing yet): take the account away again, or it would be orphaned.
+            self.clean_up(org, grant_id, app, connector.as_ref()).await;
+            return Ok(Handled::Done);
+        }
+        settled(answer)
+    }
+
+    /// Removes whatever account was made for a grant that is gone, trying as hard as a grant's
+    /// own calls would.
+    async fn clean_up(
+        &self,
+        org: &OrgId,
+        grant_id: &GrantId,
+        app: &crate::org::IntegratedApp,
+        connector: &dyn Connector,
+    ) {
+        let policy = catalog::find(&app.catalog_app).map(|c| c.deprovision);
+        let mut attempt = 1;
+        loop {
+            let removed = async {
+                match connector.find(grant_id.as_str()).await? {
+                    Some(account) => remove_account(connector, &account.id, policy).await,
+                    None => Ok(()),
                 }
-                Ok(Handled::Done)
             }
-            other => settled(other),
+            .await;
+            match removed {
+                Ok(()) => return,
+                Err(e) if attempt < self.config.max_attempts => {
+                    tokio::time::sleep(self.backoff(attempt, &e)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(%org, grant = %grant_id, error = %e,
+                        "an account created for a revoked grant could not be removed");
+                    return;
+                }
+            }
         }
     }
 
@@ -360,6 +399,7 @@ impl Provisioner {
         org: &OrgId,
         state: &OrgState,
         grant_id: &GrantId,
+        trigger: Position,
     ) -> Result<Handled, ExecuteError> {
         let grant = &state.grants[grant_id];
         let app = &state.apps[&grant.app];
@@ -376,8 +416,16 @@ impl Provisioner {
             let _pace = self.pace(org, &grant.app).await;
             let account_id = match &grant.account {
                 Some(account) => Some(account.id.clone()),
-                // A create may have landed without being recorded.
-                None => connector.find(grant_id.as_str()).await?.map(|a| a.id),
+                // A create may have landed without being recorded, or be landing now (sent by
+                // a provisioner that crashed, or whose call timed out): look again after the
+                // longest a call may take before concluding there is none.
+                None => match connector.find(grant_id.as_str()).await? {
+                    Some(found) => Some(found.id),
+                    None => {
+                        tokio::time::sleep(self.config.call_timeout).await;
+                        connector.find(grant_id.as_str()).await?.map(|a| a.id)
+                    }
+                },
             };
             match account_id {
                 Some(id) => remove_account(connector.as_ref(), &id, policy).await,
@@ -386,14 +434,18 @@ impl Provisioner {
         }
         .await;
         if let Err(e) = result {
-            return self.record_failure(org, grant_id, grant.attempts, &e).await;
+            return self.record_failure(org, grant_id, grant, trigger, &e).await;
         }
-        self.taken
-            .lock()
-            .expect("no panic holds this lock")
-            .entry((org.clone(), grant.app.clone()))
-            .or_default()
-            .push_back(Instant::now());
+        {
+            let mut taken = self.taken.lock().expect("no panic holds this lock");
+            let times = taken.entry((org.clone(), grant.app.clone())).or_default();
+            if grant.deprovision_confirmed {
+                // An admin saw the wave and let it go: the window starts afresh.
+                times.clear();
+            } else {
+                times.push_back(Instant::now());
+            }
+        }
         let command = Command::RecordAccountDeprovisioned { grant: grant_id.clone() };
         self.record(org, &format!("deprovisioned/{grant_id}"), command).await
     }
@@ -429,14 +481,17 @@ impl Provisioner {
         })
     }
 
+    /// Records a failed call of the grant's current operation, with its next attempt's time
+    /// or, past the cap (or when retrying cannot help), its quarantine.
     async fn record_failure(
         &self,
         org: &OrgId,
-        grant: &GrantId,
-        attempts: u32,
+        grant_id: &GrantId,
+        grant: &crate::org::Grant,
+        trigger: Position,
         error: &ConnectorError,
     ) -> Result<Handled, ExecuteError> {
-        let attempt = attempts + 1;
+        let attempt = grant.attempts + 1;
         let retry =
             matches!(error, ConnectorError::Transient { .. } | ConnectorError::Unauthorized(_));
         let next_retry_at = (retry && attempt < self.config.max_attempts)
@@ -445,10 +500,18 @@ impl Provisioner {
             None if retry => format!("gave up after {attempt} attempts: {error}"),
             _ => error.to_string(),
         };
-        tracing::info!(%org, %grant, attempt, reason, retry = next_retry_at.is_some(), "call failed");
-        let command =
-            Command::RecordProvisioningFailed { grant: grant.clone(), reason, next_retry_at };
-        self.record(org, &format!("failed/{grant}/{attempt}"), command).await
+        tracing::info!(%org, grant = %grant_id, attempt, reason, retry = next_retry_at.is_some(),
+            "call failed");
+        let command = Command::RecordProvisioningFailed {
+            grant: grant_id.clone(),
+            attempt,
+            deprovisioning: grant.deprovision_cause.is_some(),
+            reason,
+            next_retry_at,
+        };
+        // Attempts count from 0 again after a retry or a deprovisioning request: the trigger's
+        // position keeps each failure's command id its own.
+        self.record(org, &format!("failed/{grant_id}/{trigger}/{attempt}"), command).await
     }
 
     /// Exponential backoff with full jitter in its upper half, never sooner than the app asked.
@@ -457,7 +520,10 @@ impl Provisioner {
         let ceiling = exp.min(self.config.backoff_cap);
         let jittered = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
         match error {
-            ConnectorError::Transient { retry_after: Some(asked), .. } => jittered.max(*asked),
+            // The app's word counts, up to the cap: a far-off Retry-After must not park the work.
+            ConnectorError::Transient { retry_after: Some(asked), .. } => {
+                jittered.max((*asked).min(self.config.backoff_cap))
+            }
             _ => jittered,
         }
     }
@@ -505,10 +571,17 @@ impl Provisioner {
         let entry = catalog::find(&app.catalog_app).ok_or_else(|| {
             ConnectorError::Rejected(format!("{} is not in the catalog", app.catalog_app))
         })?;
-        let secret =
-            self.engine.open_credentials(org, app_id, &app.credentials).await.map_err(|e| {
-                ConnectorError::Unauthorized(format!("credentials cannot be opened: {e}"))
-            })?;
+        let secret = self.engine.open_credentials(org, app_id, &app.credentials).await.map_err(
+            |e| match e {
+                // The key store is out of reach: nothing is wrong with the credentials.
+                crate::sealing::SealError::Store(_) => {
+                    ConnectorError::transient(format!("credentials cannot be opened now: {e}"))
+                }
+                other => {
+                    ConnectorError::Unauthorized(format!("credentials cannot be opened: {other}"))
+                }
+            },
+        )?;
         let credentials = Credentials::from_json(secret.expose())
             .map_err(|e| ConnectorError::Unauthorized(e.to_string()))?;
         let connector =

@@ -127,12 +127,32 @@ impl WorkQueue for JetStreamQueue {
             let name = config.durable_name.clone().unwrap_or_default();
             let consumer: Consumer<pull::Config> =
                 stream.get_or_create_consumer(&name, config).await.map_err(unavailable)?;
-            let messages = consumer.messages().await.map_err(unavailable)?;
-            Ok(messages.map(|message| {
-                let message = message.map_err(unavailable)?;
-                let position = message.info().map_err(unavailable)?.stream_sequence;
-                let commit = recorded(position, &message.payload)?;
-                Ok(Delivery { commit, handle: Handle::JetStream(message) })
+            // A small batch: prefetched messages get no progress signal while they wait.
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(PULL_BATCH)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            Ok(messages.filter_map(|message| async move {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => return Some(Err(unavailable(e))),
+                };
+                let position = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(e) => return Some(Err(unavailable(e))),
+                };
+                match recorded(position, &message.payload) {
+                    Ok(commit) => Some(Ok(Delivery { commit, handle: Handle::JetStream(message) })),
+                    Err(e) => {
+                        // Redelivering it would fail the same way forever; the read side and
+                        // every aggregate load report it too.
+                        tracing::error!(position, error = %e, "a commit the provisioner cannot read is skipped");
+                        let _ = message.ack_with(AckKind::Term).await;
+                        None
+                    }
+                }
             }))
         }
         .try_flatten_stream()
@@ -143,6 +163,9 @@ impl WorkQueue for JetStreamQueue {
         self.config.ack_wait
     }
 }
+
+/// Messages one pull asks for.
+const PULL_BATCH: usize = 64;
 
 const CURSOR: TableDefinition<&str, u64> = TableDefinition::new("provisioner_cursor");
 const CURSOR_KEY: &str = "settled_through";

@@ -266,21 +266,37 @@ fn authorization_outcomes_set_the_app_status() {
 
 #[test]
 fn failures_are_retried_then_quarantined_and_an_admin_re_arms_them() {
-    let fail = |retry: Option<Timestamp>| Command::RecordProvisioningFailed {
+    let fail = |attempt: u32, retry: Option<Timestamp>| Command::RecordProvisioningFailed {
         grant: id("g1"),
+        attempt,
+        deprovisioning: false,
         reason: "http 503".into(),
         next_retry_at: retry,
     };
     let state = given(&with_grant("bob", "g1"));
-    let state = then(&state, &provisioner(), fail(Some(Timestamp(10))));
+    let state = then(&state, &provisioner(), fail(1, Some(Timestamp(10))));
     assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Failed);
-    let events = when(&state, &provisioner(), fail(None)).unwrap();
+    let late = when(&state, &provisioner(), fail(1, Some(Timestamp(20)))).unwrap_err();
+    assert!(matches!(late, DecideError::GrantWrongState { .. }), "an attempt fails once");
+    let wrong_phase = Command::RecordProvisioningFailed {
+        grant: id("g1"),
+        attempt: 2,
+        deprovisioning: true,
+        reason: "http 503".into(),
+        next_retry_at: None,
+    };
+    let err = when(&state, &provisioner(), wrong_phase).unwrap_err();
+    assert!(
+        matches!(err, DecideError::GrantWrongState { .. }),
+        "a create's failure is not a removal's"
+    );
+    let events = when(&state, &provisioner(), fail(2, None)).unwrap();
     assert!(matches!(&events[0], Event::ProvisioningFailed(f) if f.attempt == 2));
     assert!(matches!(&events[1], Event::GrantQuarantined(_)));
-    let state = then(&state, &provisioner(), fail(None));
+    let state = then(&state, &provisioner(), fail(2, None));
     assert_eq!(state.grants[&id::<GrantId>("g1")].state, GrantState::Quarantined);
     assert!(matches!(
-        when(&state, &provisioner(), fail(None)),
+        when(&state, &provisioner(), fail(3, None)),
         Err(DecideError::GrantWrongState { .. })
     ));
     let state = then(&state, &alice(), Command::RetryGrant { grant: id("g1") });
@@ -328,6 +344,8 @@ fn rejects_an_outcome_with_an_empty_reason() {
         &provisioner(),
         Command::RecordProvisioningFailed {
             grant: id("g1"),
+            attempt: 1,
+            deprovisioning: false,
             reason: "".into(),
             next_retry_at: None,
         },
