@@ -158,10 +158,11 @@ struct ProvisionArgs {
     #[arg(long, default_value_t = 2000)]
     grants: usize,
     /// Organizations the grants are spread over, each with its own integrated app.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     orgs: usize,
-    /// Calls in flight to one integrated app.
-    #[arg(long, default_value_t = 16)]
+    /// Calls in flight to one integrated app; the raw baseline keeps orgs x this many in
+    /// flight too. (Small by default: scim2-server's listen backlog is 5 connections.)
+    #[arg(long, default_value_t = 4)]
     per_app_concurrency: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]

@@ -99,12 +99,18 @@ enum Job {
     /// Check the app's credentials.
     Verify { app: AppId, credentials: SealedCredentials },
     /// Bring the grant's account in line with the grant, if the grant has not moved on since:
-    /// `attempts` is how many failures the fact had seen.
-    Grant { grant: GrantId, attempts: u32, due: Option<Timestamp> },
+    /// `attempts` is how many failures the fact had seen. `first` marks the request itself,
+    /// before which no call for the grant can have been made.
+    Grant { grant: GrantId, attempts: u32, due: Option<Timestamp>, first: bool },
 }
 
 fn jobs_of(commit: &Commit) -> Vec<Job> {
-    let grant = |grant: &GrantId, attempts, due| Job::Grant { grant: grant.clone(), attempts, due };
+    let grant = |grant: &GrantId, attempts, due| Job::Grant {
+        grant: grant.clone(),
+        attempts,
+        due,
+        first: false,
+    };
     commit
         .events
         .iter()
@@ -115,8 +121,10 @@ fn jobs_of(commit: &Commit) -> Vec<Job> {
             Event::AppCredentialsUpdated(e) => {
                 Some(Job::Verify { app: e.app.clone(), credentials: e.credentials.clone() })
             }
-            Event::GrantRequested(GrantRequested { grant: g, .. })
-            | Event::GrantRetried(GrantRetried { grant: g })
+            Event::GrantRequested(GrantRequested { grant: g, .. }) => {
+                Some(Job::Grant { grant: g.clone(), attempts: 0, due: None, first: true })
+            }
+            Event::GrantRetried(GrantRetried { grant: g })
             | Event::DeprovisioningConfirmed(DeprovisioningConfirmed { grant: g })
             | Event::DeprovisioningRequested(DeprovisioningRequested { grant: g, .. }) => {
                 Some(grant(g, 0, None))
@@ -172,9 +180,11 @@ impl Provisioner {
         })
     }
 
-    /// Works through `queue` until the task is aborted, coming back after any error.
+    /// Works through `queue` until the task is aborted (which stops the work in flight too:
+    /// unacknowledged, it is delivered again), coming back after any error.
     pub async fn run(self: Arc<Self>, queue: Arc<dyn WorkQueue>) {
         let slots = Arc::new(Semaphore::new(self.config.in_flight));
+        let mut working = tokio::task::JoinSet::new();
         let mut pause = Duration::from_millis(100);
         loop {
             let mut deliveries = queue.deliveries();
@@ -195,10 +205,11 @@ impl Provisioner {
                 let slot = slots.clone().acquire_owned().await.expect("never closed");
                 let this = self.clone();
                 let ack_wait = queue.ack_wait();
-                tokio::spawn(async move {
+                working.spawn(async move {
                     this.handle(delivery, jobs, ack_wait).await;
                     drop(slot);
                 });
+                while working.try_join_next().is_some() {}
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
@@ -208,7 +219,10 @@ impl Provisioner {
     async fn handle(&self, delivery: Delivery, jobs: Vec<Job>, ack_wait: Duration) {
         let org = delivery.commit.commit.org.clone();
         let position = delivery.commit.position;
-        let work = futures::future::join_all(jobs.iter().map(|job| self.job(&org, job, position)));
+        let redelivered = delivery.redelivered;
+        let work = futures::future::join_all(
+            jobs.iter().map(|job| self.job(&org, job, position, redelivered)),
+        );
         let outcomes = keep_alive(&delivery, ack_wait, work).await;
         let mut later = None;
         for outcome in outcomes {
@@ -233,17 +247,21 @@ impl Provisioner {
         org: &OrgId,
         job: &Job,
         trigger: Position,
+        redelivered: bool,
     ) -> Result<Handled, ExecuteError> {
         match job {
             Job::Verify { app, credentials } => self.verify(org, app, credentials).await,
-            Job::Grant { grant, attempts, due } => {
+            Job::Grant { grant, attempts, due, first } => {
                 if let Some(due) = due {
                     let wait = due.0 - Timestamp::now().0;
                     if wait > 0 {
                         return Ok(Handled::Later(Duration::from_micros(wait as u64)));
                     }
                 }
-                self.grant(org, grant, *attempts, trigger).await
+                // Before a grant's first call nothing can exist to find: its create goes
+                // straight out (a 409 would still link an account that did).
+                let look_first = !*first || redelivered;
+                self.grant(org, grant, *attempts, trigger, look_first).await
             }
         }
     }
@@ -292,6 +310,7 @@ impl Provisioner {
         grant_id: &GrantId,
         attempts: u32,
         trigger: Position,
+        look_first: bool,
     ) -> Result<Handled, ExecuteError> {
         let state = self.engine.org_state(org).await?;
         let Some(grant) = state.grants.get(grant_id) else { return Ok(Handled::Done) };
@@ -304,7 +323,7 @@ impl Provisioner {
         }
         match (grant.state, grant.deprovision_cause) {
             (GrantState::Requested | GrantState::Failed, None) if attempts != u32::MAX => {
-                self.provision(org, &state, grant_id, trigger).await
+                self.provision(org, &state, grant_id, trigger, look_first).await
             }
             (GrantState::Deprovisioning, Some(_)) => {
                 self.deprovision(org, &state, grant_id, trigger).await
@@ -319,6 +338,7 @@ impl Provisioner {
         state: &OrgState,
         grant_id: &GrantId,
         trigger: Position,
+        look_first: bool,
     ) -> Result<Handled, ExecuteError> {
         let grant = &state.grants[grant_id];
         let app = &state.apps[&grant.app];
@@ -335,7 +355,7 @@ impl Provisioner {
         };
         let created = {
             let _pace = self.pace(org, &grant.app).await;
-            ensure_account(connector.as_ref(), &wanted).await
+            ensure_account(connector.as_ref(), &wanted, look_first).await
         };
         let answer = match &created {
             Ok(account) => {
@@ -621,12 +641,14 @@ impl Provisioner {
 }
 
 /// The account for `wanted`: the one already made for the grant (active again if it was
-/// locked), or a new one.
+/// locked), or a new one. `look_first` is false only when no earlier call can have made one.
 async fn ensure_account(
     connector: &dyn Connector,
     wanted: &NewAccount,
+    look_first: bool,
 ) -> Result<Account, ConnectorError> {
-    match connector.find(&wanted.external_id).await? {
+    let found = if look_first { connector.find(&wanted.external_id).await? } else { None };
+    match found {
         Some(found) if found.active => Ok(found),
         Some(found) => {
             connector.reactivate(&found.id, &wanted.external_id).await?;

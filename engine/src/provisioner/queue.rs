@@ -27,6 +27,9 @@ use crate::log::{EventLog, ReadError, recorded, unavailable};
 #[derive(Debug)]
 pub struct Delivery {
     pub commit: RecordedCommit,
+    /// Whether the commit may have been worked on before (handed out earlier, or delivered
+    /// again after a restart): work that is not idempotent by itself looks first.
+    pub redelivered: bool,
     handle: Handle,
 }
 
@@ -143,8 +146,13 @@ impl WorkQueue for JetStreamQueue {
                     Ok(info) => info.stream_sequence,
                     Err(e) => return Some(Err(unavailable(e))),
                 };
+                let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(true);
                 match recorded(position, &message.payload) {
-                    Ok(commit) => Some(Ok(Delivery { commit, handle: Handle::JetStream(message) })),
+                    Ok(commit) => Some(Ok(Delivery {
+                        commit,
+                        redelivered,
+                        handle: Handle::JetStream(message),
+                    })),
                     Err(e) => {
                         // Redelivering it would fail the same way forever; the read side and
                         // every aggregate load report it too.
@@ -265,16 +273,26 @@ impl WorkQueue for EmbeddedQueue {
             }),
         });
         let again = futures::stream::unfold(again, |mut again| async move {
-            again.recv().await.map(|commit| (Ok(commit), again))
+            again.recv().await.map(|commit| (Ok((commit, true)), again))
         });
-        let shared_new = shared.clone();
-        let new = self.log.subscribe(after).map_ok(move |commit| {
-            shared_new.deliver(commit.position);
-            commit
-        });
-        futures::stream::select(new, again)
-            .map_ok(move |commit| Delivery { commit, handle: Handle::Embedded(shared.clone()) })
-            .boxed()
+        let log = self.log.clone();
+        async move {
+            // What the log held at start may have been worked on before a crash.
+            let head = log.head().await?;
+            let shared_new = shared.clone();
+            let new = log.subscribe(after).map_ok(move |commit| {
+                shared_new.deliver(commit.position);
+                let redelivered = commit.position <= head;
+                (commit, redelivered)
+            });
+            Ok(futures::stream::select(new, again).map_ok(move |(commit, redelivered)| Delivery {
+                commit,
+                redelivered,
+                handle: Handle::Embedded(shared.clone()),
+            }))
+        }
+        .try_flatten_stream()
+        .boxed()
     }
 
     fn ack_wait(&self) -> Duration {
