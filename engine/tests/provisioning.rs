@@ -512,3 +512,33 @@ async fn the_breaker_holds_a_mass_deprovisioning_until_an_admin_confirms() -> an
     ensure!(scim.users_with_external_id(&alice).await?[0]["active"] == true);
     i.running.stop().await
 }
+
+#[tokio::test]
+async fn calls_to_one_app_stay_within_its_concurrency_limit() -> anyhow::Result<()> {
+    let scim = ScimServer::start("t").await?;
+    let proxy = FaultProxy::start(&scim.url()).await?;
+    let config = ProvisionerConfig {
+        per_app_concurrency: 2,
+        call_timeout: Duration::from_secs(5),
+        ..quick_retries()
+    };
+    let mut i = instance(LogConfig::Embedded, config).await?;
+    let people: Vec<String> = (0..12).map(|n| format!("p{n}")).collect();
+    i.org("acme", &people).await?;
+    i.app("acme", "wiki", &proxy.url(), "t").await?;
+    // Slow answers keep calls open long enough to overlap if the limit let them.
+    proxy.always(Matching::Any, Fault::Slow(Duration::from_millis(150)));
+    let mut grants = Vec::new();
+    for person in &people {
+        grants.push(i.provision("acme", "wiki", person).await?);
+    }
+    for grant in &grants {
+        i.grant_once("acme", grant, is(v1::GrantState::Active)).await?;
+    }
+    ensure!(
+        proxy.most_in_flight() == 2,
+        "at most 2 at once, and 2 used: {}",
+        proxy.most_in_flight()
+    );
+    i.running.stop().await
+}

@@ -173,6 +173,9 @@ struct Script {
     always: Option<(Matching, Fault)>,
     requests: Vec<String>,
     held: usize,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    most_in_flight: usize,
 }
 
 /// An HTTP/1.1 proxy in front of a [`ScimServer`], failing requests as scripted.
@@ -228,6 +231,11 @@ impl FaultProxy {
     /// How many requests were held so far.
     pub fn held(&self) -> usize {
         self.script().held
+    }
+
+    /// The most requests the proxy was answering at one time.
+    pub fn most_in_flight(&self) -> usize {
+        self.script().most_in_flight
     }
 
     /// "METHOD path" of every request received, in order.
@@ -327,6 +335,8 @@ async fn serve(
         let plan = {
             let mut script = script.lock().expect("no panic holds this lock");
             script.requests.push(format!("{method} {target}"));
+            script.in_flight += 1;
+            script.most_in_flight = script.most_in_flight.max(script.in_flight);
             let applies = |m: Matching| m == Matching::Any || (m == Matching::Creates && is_create);
             if script.hold.is_some_and(applies) {
                 script.held += 1;
@@ -339,6 +349,7 @@ async fn serve(
                 Plan::Forward
             }
         };
+        let answering = Answering(script.clone());
         let reply = match plan {
             Plan::Fault(Fault::Status(status)) => error_reply(status, &[]),
             Plan::Fault(Fault::TooManyRequests { retry_after_secs }) => {
@@ -356,7 +367,17 @@ async fn serve(
             }
             Plan::Forward => forward(http, upstream, &method, &target, &headers, body).await?,
         };
+        drop(answering);
         socket.get_mut().write_all(&reply).await?;
+    }
+}
+
+/// One request being answered; counted out however its answer ends.
+struct Answering(Arc<Mutex<Script>>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.lock().expect("no panic holds this lock").in_flight -= 1;
     }
 }
 

@@ -114,3 +114,83 @@ async fn faults_are_told_apart() -> anyhow::Result<()> {
     assert_eq!(server.users_with_external_id("g1").await?.len(), 1);
     Ok(())
 }
+
+/// An OAuth 2.0 token endpoint (client credentials, RFC 6749 §4.4) for the one client whose
+/// `Authorization: Basic` value is `basic`, counting the tokens it issued.
+async fn token_endpoint(
+    basic: &str,
+    token: &str,
+) -> anyhow::Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/oauth/token", listener.local_addr()?);
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let expected = format!("basic {basic}");
+    let (token, counter) = (token.to_string(), issued.clone());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let mut socket = BufReader::new(socket);
+            let (mut authorized, mut length, mut line) = (false, 0usize, String::new());
+            while socket.read_line(&mut line).await.unwrap_or(0) > 0 && line != "\r\n" {
+                let lower = line.trim().to_ascii_lowercase();
+                authorized |= lower == format!("authorization: {expected}").to_ascii_lowercase();
+                if let Some(n) = lower.strip_prefix("content-length:") {
+                    length = n.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = socket.read_exact(&mut body).await;
+            let (status, answer) = if authorized && body == b"grant_type=client_credentials" {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#
+                    ),
+                )
+            } else {
+                ("401 Unauthorized", r#"{"error":"invalid_client"}"#.to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = socket.get_mut().write_all(reply.as_bytes()).await;
+        }
+    });
+    Ok((url, issued))
+}
+
+#[tokio::test]
+async fn oauth_client_credentials_fetch_a_token_once_and_use_it() -> anyhow::Result<()> {
+    let server = ScimServer::start("issued-token").await?;
+    // "quartermaster:client-s3cret", base64-encoded.
+    let basic = "cXVhcnRlcm1hc3RlcjpjbGllbnQtczNjcmV0";
+    let (token_url, issued) = token_endpoint(basic, "issued-token").await?;
+    let oauth = |secret: &str| Credentials::OAuthClientCredentials {
+        client_id: "quartermaster".into(),
+        client_secret: secret.into(),
+        token_url: token_url.clone(),
+    };
+    let scim = ScimConnector::new(
+        http_client(Duration::from_secs(5)),
+        &server.url(),
+        oauth("client-s3cret"),
+    );
+    scim.verify().await?;
+    scim.create(&ada("g-oauth")).await?;
+    assert!(scim.find("g-oauth").await?.is_some());
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1, "the token is reused");
+    assert!(!format!("{scim:?}").contains("issued-token"), "no token in Debug");
+
+    let wrong =
+        ScimConnector::new(http_client(Duration::from_secs(5)), &server.url(), oauth("wrong"));
+    let e = wrong.verify().await.expect_err("the token endpoint refuses the client");
+    assert!(
+        matches!(e, ConnectorError::Unauthorized(_)) && e.to_string().contains("invalid_client"),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("wrong"), "no secret in the reason: {e}");
+    Ok(())
+}
