@@ -432,14 +432,21 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_one_jetstream_see_each_others_commands() -> anyhow::Result<()> {
+async fn two_serve_processes_on_one_jetstream_see_each_others_commands() -> anyhow::Result<()> {
+    use qm_replay_tests::serve;
     let server = qm_replay_tests::nats::NatsServer::start().await?;
-    let log = || LogConfig::JetStream { urls: server.url(), replicas: 1 };
-    let mut one = instance(log()).await?;
-    let mut two = instance(log()).await?;
-    let created = one.commands.create_organization(create_org("shared")).await?.into_inner();
-    let seen = two
-        .queries
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_quartermaster"));
+    let (dir_one, dir_two) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (port_one, port_two) =
+        (qm_replay_tests::nats::free_port(), qm_replay_tests::nats::free_port());
+    let _one = serve::spawn(binary, &server.url(), dir_one.path(), port_one, &[])?;
+    let _two = serve::spawn(binary, &server.url(), dir_two.path(), port_two, &[])?;
+    let (one, two) = (serve::channel(port_one).await?, serve::channel(port_two).await?);
+    let created = CommandServiceClient::new(one.clone())
+        .create_organization(create_org("shared"))
+        .await?
+        .into_inner();
+    let seen = QueryServiceClient::new(two.clone())
         .get_organization(v1::GetOrganizationRequest {
             org_id: "shared".into(),
             min_position: created.position,
@@ -447,9 +454,9 @@ async fn two_instances_on_one_jetstream_see_each_others_commands() -> anyhow::Re
         .await?
         .into_inner();
     ensure!(seen.organization.is_some_and(|o| o.name == "Acme"));
-    let added = two.commands.add_member(add_member("shared", "bob")).await?.into_inner();
-    let members = one
-        .queries
+    let added =
+        CommandServiceClient::new(two).add_member(add_member("shared", "bob")).await?.into_inner();
+    let members = QueryServiceClient::new(one)
         .list_members(v1::ListMembersRequest {
             org_id: "shared".into(),
             min_position: added.position,
@@ -458,8 +465,7 @@ async fn two_instances_on_one_jetstream_see_each_others_commands() -> anyhow::Re
         .await?
         .into_inner();
     ensure!(members.members.iter().any(|m| m.person_id == "bob"));
-    one.running.stop().await?;
-    two.running.stop().await
+    Ok(())
 }
 
 fn any_text() -> impl Strategy<Value = String> {

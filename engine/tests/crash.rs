@@ -17,8 +17,8 @@ use qm_proto::api::v1::command_service_client::CommandServiceClient;
 use qm_proto::api::v1::query_service_client::QueryServiceClient;
 use qm_replay_tests::nats::{NatsServer, free_port};
 use qm_replay_tests::scim::{FaultProxy, Matching, ScimServer};
+use qm_replay_tests::serve::{self, channel, until};
 use tokio::io::AsyncReadExt;
-use tonic::transport::Channel;
 
 fn catch_up(url: &str, dir: &std::path::Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"));
@@ -89,37 +89,10 @@ async fn a_killed_catch_up_resumes_to_exactly_the_rebuilt_views() -> anyhow::Res
     Ok(())
 }
 
-/// `quartermaster serve` on JetStream, without authentication, retrying quickly.
+/// `quartermaster serve` on JetStream, retrying quickly.
 fn serve(url: &str, dir: &std::path::Path, port: u16) -> anyhow::Result<tokio::process::Child> {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
-        .args(["serve", "--no-auth", "--nats-url", url, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--provision-ack-wait", "2", "--provision-backoff-ms", "50"])
-        .env("QM_MASTER_KEY", "17".repeat(32))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok(child)
-}
-
-async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(found) = probe().await {
-            return Ok(found);
-        }
-        ensure!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn channel(port: u16) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}"))?;
-    until("the instance to listen", async || endpoint.connect().await.ok()).await
+    let quick = ["--provision-ack-wait", "2", "--provision-backoff-ms", "50"];
+    serve::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_quartermaster")), url, dir, port, &quick)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +190,7 @@ async fn a_kill_between_the_apps_create_and_its_record_leaves_exactly_one_accoun
 
     proxy.heal();
     let _restarted = serve(&nats.url(), dir.path(), port)?;
-    let mut queries = QueryServiceClient::new(self::channel(port).await?);
+    let mut queries = QueryServiceClient::new(serve::channel(port).await?);
     let get =
         v1::GetGrantRequest { org_id: org.clone(), grant_id: grant.clone(), ..Default::default() };
     let active = until("the grant to be active", async || {

@@ -2,9 +2,11 @@
 //!
 //! This crate ships nothing; its tests live in `tests/`. [`nats`] starts real nats-server
 //! processes; [`scim`] a real SCIM 2.0 server and a fault-injecting proxy in front of it;
+//! [`serve`] `quartermaster serve` as a child process;
 //! [`fixtures`] builds commits and histories the tests share.
 
 pub mod fixtures;
 pub mod histories;
 pub mod nats;
 pub mod scim;
+pub mod serve;
