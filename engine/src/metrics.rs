@@ -1,5 +1,6 @@
-//! Prometheus metrics: command latency and outcomes, optimistic concurrency conflicts, and the
-//! views' lag behind the log, served as text on a port of their own.
+//! Prometheus metrics: command latency and outcomes, optimistic concurrency conflicts, the
+//! provisioner's recorded outcomes, and the views' lag behind the log, served as text on a port
+//! of their own.
 //!
 //! Counters are process-wide atomics, so recording costs a few relaxed additions on the hot
 //! path; formatting happens only when scraped.
@@ -63,6 +64,27 @@ pub fn record_conflict() {
     COUNTERS.conflicts.fetch_add(1, Ordering::Relaxed);
 }
 
+/// What the provisioner recorded, as the `outcome` label says it.
+pub const PROVISIONING_OUTCOMES: [&str; 8] = [
+    "authorized",
+    "authorization_failed",
+    "provisioned",
+    "deprovisioned",
+    "failed",
+    "quarantined",
+    "held",
+    "other",
+];
+
+static PROVISIONING: [AtomicU64; PROVISIONING_OUTCOMES.len()] =
+    [const { AtomicU64::new(0) }; PROVISIONING_OUTCOMES.len()];
+
+/// Counts one outcome the provisioner recorded (one of [`PROVISIONING_OUTCOMES`]).
+pub fn record_provisioning(outcome: &str) {
+    let i = PROVISIONING_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(7);
+    PROVISIONING[i].fetch_add(1, Ordering::Relaxed);
+}
+
 /// The metrics in Prometheus' text format.
 pub async fn render(read_side: &ReadSide) -> String {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -104,6 +126,18 @@ pub async fn render(read_side: &ReadSide) -> String {
     );
     let _ = writeln!(out, "# TYPE quartermaster_conflicts_total counter");
     let _ = writeln!(out, "quartermaster_conflicts_total {}", load(&COUNTERS.conflicts));
+    let _ = writeln!(
+        out,
+        "# HELP quartermaster_provisioning_outcomes_total What this instance's provisioner recorded, by outcome."
+    );
+    let _ = writeln!(out, "# TYPE quartermaster_provisioning_outcomes_total counter");
+    for (outcome, counter) in PROVISIONING_OUTCOMES.iter().zip(&PROVISIONING) {
+        let _ = writeln!(
+            out,
+            "quartermaster_provisioning_outcomes_total{{outcome=\"{outcome}\"}} {}",
+            load(counter)
+        );
+    }
 
     let status = read_side.status().await;
     let _ = writeln!(

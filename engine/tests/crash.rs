@@ -15,6 +15,7 @@ use qm_projections::Projector;
 use qm_proto::api::v1;
 use qm_proto::api::v1::command_service_client::CommandServiceClient;
 use qm_proto::api::v1::query_service_client::QueryServiceClient;
+use qm_replay_tests::grpc;
 use qm_replay_tests::nats::{NatsServer, free_port};
 use qm_replay_tests::scim::{FaultProxy, Matching, ScimServer};
 use qm_replay_tests::serve::{self, channel, until};
@@ -109,57 +110,8 @@ async fn a_kill_between_the_apps_create_and_its_record_leaves_exactly_one_accoun
     let mut queries = QueryServiceClient::new(channel);
 
     let (org, admin) = ("acme".to_string(), "alice".to_string());
-    commands
-        .create_organization(v1::CreateOrganizationRequest {
-            actor_id: admin.clone(),
-            org_id: org.clone(),
-            name: "Acme".into(),
-            admin_email: "alice@acme.test".into(),
-            admin_display_name: "Alice".into(),
-            ..Default::default()
-        })
-        .await?;
-    commands
-        .create_team(v1::CreateTeamRequest {
-            actor_id: admin.clone(),
-            org_id: org.clone(),
-            team_id: "staff".into(),
-            name: "Staff".into(),
-            ..Default::default()
-        })
-        .await?;
-    commands
-        .add_member(v1::AddMemberRequest {
-            actor_id: admin.clone(),
-            org_id: org.clone(),
-            person_id: "bob".into(),
-            email: "bob@acme.test".into(),
-            display_name: "Bob".into(),
-            role: v1::Role::Member as i32,
-            ..Default::default()
-        })
-        .await?;
-    commands
-        .add_team_member(v1::AddTeamMemberRequest {
-            actor_id: admin.clone(),
-            org_id: org.clone(),
-            team_id: "staff".into(),
-            person_id: "bob".into(),
-            ..Default::default()
-        })
-        .await?;
-    commands
-        .add_integrated_app(v1::AddIntegratedAppRequest {
-            actor_id: admin.clone(),
-            org_id: org.clone(),
-            app_id: "wiki".into(),
-            catalog_app: "custom-scim".into(),
-            display_name: "Wiki".into(),
-            base_url: proxy.url(),
-            credentials: Some(v1::Credentials { bearer_token: "t".into(), ..Default::default() }),
-            ..Default::default()
-        })
-        .await?;
+    grpc::organization(&mut commands, &admin, &org, &["bob".into()]).await?;
+    grpc::attach_custom_scim(&mut commands, &admin, &org, "wiki", &proxy.url(), "t").await?;
     let list = v1::ListIntegratedAppsRequest { org_id: org.clone(), ..Default::default() };
     until("the app to be authorized", async || {
         let apps = queries.list_integrated_apps(list.clone()).await.ok()?.into_inner().apps;

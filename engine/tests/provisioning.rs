@@ -13,6 +13,7 @@ use qm_engine::server::{LogConfig, Running, ServeConfig, start};
 use qm_proto::api::v1;
 use qm_proto::api::v1::command_service_client::CommandServiceClient;
 use qm_proto::api::v1::query_service_client::QueryServiceClient;
+use qm_replay_tests::grpc;
 use qm_replay_tests::nats::NatsServer;
 use qm_replay_tests::scim::{Fault, FaultProxy, Matching, ScimServer};
 use tonic::transport::Channel;
@@ -47,7 +48,7 @@ async fn instance(log: LogConfig, provisioner: ProvisionerConfig) -> anyhow::Res
         log,
         master_key: MasterKey::from_hex(&"42".repeat(32))?,
         api: ApiConfig { auth: Auth::disabled(), tls: None, query_wait: Duration::from_secs(5) },
-        metrics: None,
+        metrics: Some("127.0.0.1:0".parse()?),
         provisioner: Some(provisioner),
     })
     .await?;
@@ -67,48 +68,7 @@ fn jetstream(nats: &NatsServer) -> LogConfig {
 impl Instance {
     /// An organization with team `staff` and `people` in it.
     async fn org(&mut self, org: &str, people: &[String]) -> anyhow::Result<()> {
-        self.commands
-            .create_organization(v1::CreateOrganizationRequest {
-                actor_id: ADMIN.into(),
-                org_id: org.into(),
-                name: org.into(),
-                admin_email: format!("{ADMIN}@{org}.test"),
-                admin_display_name: "Alice Admin".into(),
-                ..Default::default()
-            })
-            .await?;
-        self.commands
-            .create_team(v1::CreateTeamRequest {
-                actor_id: ADMIN.into(),
-                org_id: org.into(),
-                team_id: "staff".into(),
-                name: "Staff".into(),
-                ..Default::default()
-            })
-            .await?;
-        for person in people {
-            self.commands
-                .add_member(v1::AddMemberRequest {
-                    actor_id: ADMIN.into(),
-                    org_id: org.into(),
-                    person_id: person.clone(),
-                    email: format!("{person}@{org}.test"),
-                    display_name: format!("{person} Tester"),
-                    role: v1::Role::Member as i32,
-                    ..Default::default()
-                })
-                .await?;
-            self.commands
-                .add_team_member(v1::AddTeamMemberRequest {
-                    actor_id: ADMIN.into(),
-                    org_id: org.into(),
-                    team_id: "staff".into(),
-                    person_id: person.clone(),
-                    ..Default::default()
-                })
-                .await?;
-        }
-        Ok(())
+        grpc::organization(&mut self.commands, ADMIN, org, people).await
     }
 
     /// Attaches a custom SCIM app at `url` and waits for the provisioner's verdict.
@@ -119,21 +79,7 @@ impl Instance {
         url: &str,
         token: &str,
     ) -> anyhow::Result<v1::IntegratedApp> {
-        self.commands
-            .add_integrated_app(v1::AddIntegratedAppRequest {
-                actor_id: ADMIN.into(),
-                org_id: org.into(),
-                app_id: app.into(),
-                catalog_app: "custom-scim".into(),
-                display_name: app.into(),
-                base_url: url.into(),
-                credentials: Some(v1::Credentials {
-                    bearer_token: token.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await?;
+        grpc::attach_custom_scim(&mut self.commands, ADMIN, org, app, url, token).await?;
         self.app_once(org, app, |a| a.status != v1::AppStatus::Authorizing as i32).await
     }
 
@@ -263,6 +209,18 @@ async fn provisions_then_deprovisions_a_real_account() -> anyhow::Result<()> {
     i.grant_once("acme", &grant, is(v1::GrantState::Revoked)).await?;
     let users = scim.users_with_external_id(&grant).await?;
     ensure!(users.len() == 1 && users[0]["active"] == false, "deactivated, not deleted: {users:?}");
+
+    let metrics_at = i.running.metrics_addr.context("metrics are served")?;
+    let metrics = reqwest::get(format!("http://{metrics_at}/metrics")).await?.text().await?;
+    for outcome in ["authorized", "provisioned", "deprovisioned"] {
+        let line = format!("quartermaster_provisioning_outcomes_total{{outcome=\"{outcome}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .context("the outcome is exported")?
+            .parse()?;
+        ensure!(count >= 1, "{outcome}: {count}");
+    }
     i.running.stop().await
 }
 

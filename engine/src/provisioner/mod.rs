@@ -568,10 +568,25 @@ impl Provisioner {
         let digest = Sha256::digest(format!("{org}/{key}").as_bytes());
         let command_id = CommandId::parse(format!("prov-{}", hex::encode(&digest[..16])))
             .expect("hex is a valid id");
+        let outcome = match &command {
+            Command::RecordAppAuthorized { .. } => "authorized",
+            Command::RecordAuthorizationFailed { .. } => "authorization_failed",
+            Command::RecordAccountProvisioned { .. } => "provisioned",
+            Command::RecordAccountDeprovisioned { .. } => "deprovisioned",
+            Command::RecordProvisioningFailed { next_retry_at: Some(_), .. } => "failed",
+            Command::RecordProvisioningFailed { next_retry_at: None, .. } => "quarantined",
+            Command::RecordDeprovisioningHeld { .. } => "held",
+            _ => "other",
+        };
         let actor = Actor::Service(self.config.actor.clone());
-        self.engine
+        let answer = self
+            .engine
             .execute(Request::new(org.clone(), actor, command).with_command_id(command_id))
-            .await
+            .await;
+        if matches!(&answer, Ok(executed) if !executed.replayed && !executed.events.is_empty()) {
+            crate::metrics::record_provisioning(outcome);
+        }
+        answer
     }
 
     /// The connector for an app, built anew when its credentials changed.
