@@ -25,6 +25,12 @@ pub const DURABLE_EVERY: Duration = Duration::from_millis(500);
 /// touches once, so the cost per commit falls as more commits share a transaction (measured:
 /// 49k commits/s at 1,000 per batch, 81k at 4,096, 113k at 16,384, 148k at 65,536).
 pub const MAX_BATCH: usize = 32_768;
+/// A follower that applied a batch this recently is in a stream of commits...
+const STREAMING_WITHIN: Duration = Duration::from_millis(5);
+/// ...and waits up to this long for a batch to fill to `LINGER_UNTIL` commits. It bounds the
+/// delay a commit takes to become visible under load (the target is 5 ms at the median).
+const LINGER: Duration = Duration::from_millis(2);
+const LINGER_UNTIL: usize = 1024;
 /// redb's page cache per views file.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -238,7 +244,23 @@ impl Projector {
         let _reader = AbortOnDrop(reader);
 
         let mut items = Vec::with_capacity(MAX_BATCH);
+        let mut last_applied: Option<Instant> = None;
         while receiver.recv_many(&mut items, MAX_BATCH).await > 0 {
+            // Under a steady stream of commits, wait a moment for more before applying: one
+            // write transaction per commit would cost more than the commits themselves. An
+            // idle projector applies at once, so a lone command is visible without delay.
+            let streaming = last_applied.is_some_and(|at| at.elapsed() < STREAMING_WITHIN);
+            if streaming {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while items.len() < LINGER_UNTIL && !items.last().is_some_and(|i| i.is_err()) {
+                    let room = MAX_BATCH - items.len();
+                    let more = receiver.recv_many(&mut items, room);
+                    match tokio::time::timeout_at(deadline, more).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            }
             let mut batch = Vec::with_capacity(items.len());
             let mut failed = None;
             for item in items.drain(..) {
@@ -255,6 +277,7 @@ impl Projector {
                 tokio::task::spawn_blocking(move || projector.apply(&batch))
                     .await
                     .expect("applying a batch does not panic")?;
+                last_applied = Some(Instant::now());
             }
             if let Some(e) = failed {
                 return Err(FollowError::Source(e));
