@@ -184,8 +184,10 @@ async fn provisions_then_deprovisions_a_real_account() -> anyhow::Result<()> {
     let app = i.app("acme", "wiki", &scim.url(), "scim-token-1").await?;
     ensure!(app.status == v1::AppStatus::Authorized as i32, "{app:?}");
 
+    let before = qm_proto::Timestamp::now();
     let grant = i.provision("acme", "wiki", "bob").await?;
     let active = i.grant_once("acme", &grant, is(v1::GrantState::Active)).await?;
+    let during = qm_proto::Timestamp::now();
     let users = scim.users_with_external_id(&grant).await?;
     ensure!(users.len() == 1, "{users:?}");
     ensure!(users[0]["userName"] == "bob@acme.test" && users[0]["active"] == true, "{users:?}");
@@ -206,9 +208,28 @@ async fn provisions_then_deprovisions_a_real_account() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
-    i.grant_once("acme", &grant, is(v1::GrantState::Revoked)).await?;
+    let revoked = i.grant_once("acme", &grant, is(v1::GrantState::Revoked)).await?;
     let users = scim.users_with_external_id(&grant).await?;
     ensure!(users.len() == 1 && users[0]["active"] == false, "deactivated, not deleted: {users:?}");
+
+    // The audit question: who had an account at an instant of the past.
+    let after = qm_proto::Timestamp::now();
+    let mut had_access =
+        async |at: qm_proto::Timestamp| -> anyhow::Result<Vec<v1::AccessInterval>> {
+            let request = v1::WhoHadAccessRequest {
+                org_id: "acme".into(),
+                app_id: "wiki".into(),
+                at_micros: at.0,
+                min_position: 0,
+            };
+            Ok(i.queries.who_had_access(request).await?.into_inner().intervals)
+        };
+    ensure!(had_access(before).await?.is_empty());
+    let then = had_access(during).await?;
+    ensure!(then.len() == 1 && then[0].person_id == "bob" && then[0].grant_id == grant, "{then:?}");
+    ensure!(then[0].ended_by == "requested" && then[0].to_micros.is_some(), "{then:?}");
+    ensure!(then[0].to_micros <= Some(revoked.updated_at_micros), "{then:?} vs {revoked:?}");
+    ensure!(had_access(after).await?.is_empty());
 
     let metrics_at = i.running.metrics_addr.context("metrics are served")?;
     let metrics = reqwest::get(format!("http://{metrics_at}/metrics")).await?.text().await?;

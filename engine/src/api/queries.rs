@@ -241,6 +241,34 @@ impl QueryService for Queries {
         }))
     }
 
+    async fn who_had_access(
+        &self,
+        r: Request<WhoHadAccessRequest>,
+    ) -> Result<Response<WhoHadAccessResponse>, Status> {
+        let r = r.into_inner();
+        let (org, app) = (id("org_id", &r.org_id)?, id("app_id", &r.app_id)?);
+        let (views, position) = self.views(r.min_position).await?;
+        let at = qm_proto::Timestamp(r.at_micros);
+        let intervals = views.access_at(&org, &app, at).map_err(query)?;
+        let intervals = intervals
+            .into_iter()
+            .map(|i| v1::AccessInterval {
+                person_id: i.person.to_string(),
+                grant_id: i.grant.to_string(),
+                from_micros: i.from.0,
+                from_position: i.from_position,
+                to_micros: i.to.map(|t| t.0),
+                to_position: i.to_position,
+                ended_by: match i.ended_by {
+                    None => String::new(),
+                    Some(views::IntervalEnd::Suspended) => "suspended".into(),
+                    Some(views::IntervalEnd::Deprovisioned(cause)) => cause.as_str().into(),
+                },
+            })
+            .collect();
+        Ok(Response::new(WhoHadAccessResponse { intervals, position }))
+    }
+
     async fn list_grants_for_person(
         &self,
         r: Request<ListGrantsForPersonRequest>,
