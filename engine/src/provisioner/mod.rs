@@ -12,15 +12,14 @@
 //! or the app's `Retry-After`); past `max_attempts`, or when the app refuses the request
 //! itself, the grant is quarantined with the reason, and `RetryGrant` arms it again.
 //!
-//! A circuit breaker guards against mass deletions from one bad change: when more than
-//! `breaker.share` of an app's accounts would be taken away within `breaker.window` (counting
-//! the deprovisionings waiting in the aggregate and those this instance carried out in the
-//! window), each further deprovisioning of that app is held (`DeprovisioningHeld`) until an
-//! admin confirms them all (`ConfirmDeprovisionings`). The app's other work goes on.
+//! Deprovisionings pass a circuit breaker (`breaker`): when an unusual share of an app's
+//! accounts would go at once, they are held (`DeprovisioningHeld`) until an admin confirms them
+//! (`ConfirmDeprovisionings`); the app's other work goes on.
 
+mod breaker;
 pub mod queue;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,8 @@ use tokio::sync::Semaphore;
 
 use crate::handler::{Engine, ExecuteError, Request};
 use crate::org::{AppStatus, Command, DecideError, GrantState, OrgState};
+use breaker::Breaker;
+pub use breaker::BreakerConfig;
 pub use queue::{Delivery, EmbeddedQueue, JetStreamQueue, WorkQueue};
 
 /// How the provisioner paces and retries its calls.
@@ -59,23 +60,6 @@ pub struct ProvisionerConfig {
     pub breaker: BreakerConfig,
 }
 
-/// When deprovisionings are held for an admin's confirmation.
-#[derive(Debug, Clone)]
-pub struct BreakerConfig {
-    /// The share of an app's accounts that may go within `window` without a confirmation.
-    pub share: f64,
-    pub window: Duration,
-    /// Below this many accounts going, the breaker never trips (one person leaving a small
-    /// app is not a mass deletion).
-    pub min_accounts: usize,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig { share: 0.2, window: Duration::from_secs(600), min_accounts: 5 }
-    }
-}
-
 impl Default for ProvisionerConfig {
     fn default() -> Self {
         ProvisionerConfig {
@@ -99,9 +83,10 @@ enum Job {
     /// Check the app's credentials.
     Verify { app: AppId, credentials: SealedCredentials },
     /// Bring the grant's account in line with the grant, if the grant has not moved on since:
-    /// `attempts` is how many failures the fact had seen. `first` marks the request itself,
+    /// `attempts` is how many failures the fact had seen (`None` for a late account, which
+    /// only ever needs taking away, whatever failed before). `first` marks the request itself,
     /// before which no call for the grant can have been made.
-    Grant { grant: GrantId, attempts: u32, due: Option<Timestamp>, first: bool },
+    Grant { grant: GrantId, attempts: Option<u32>, due: Option<Timestamp>, first: bool },
 }
 
 fn jobs_of(commit: &Commit) -> Vec<Job> {
@@ -122,17 +107,17 @@ fn jobs_of(commit: &Commit) -> Vec<Job> {
                 Some(Job::Verify { app: e.app.clone(), credentials: e.credentials.clone() })
             }
             Event::GrantRequested(GrantRequested { grant: g, .. }) => {
-                Some(Job::Grant { grant: g.clone(), attempts: 0, due: None, first: true })
+                Some(Job::Grant { grant: g.clone(), attempts: Some(0), due: None, first: true })
             }
             Event::GrantRetried(GrantRetried { grant: g })
             | Event::DeprovisioningConfirmed(DeprovisioningConfirmed { grant: g })
             | Event::DeprovisioningRequested(DeprovisioningRequested { grant: g, .. }) => {
-                Some(grant(g, 0, None))
+                Some(grant(g, Some(0), None))
             }
             // An account that landed after its grant's deprovisioning was asked for must go.
-            Event::AccountProvisioned(e) => Some(grant(&e.grant, u32::MAX, None)),
+            Event::AccountProvisioned(e) => Some(grant(&e.grant, None, None)),
             Event::ProvisioningFailed(e) => {
-                e.next_retry_at.map(|due| grant(&e.grant, e.attempt, Some(due)))
+                e.next_retry_at.map(|due| grant(&e.grant, Some(e.attempt), Some(due)))
             }
             _ => None,
         })
@@ -156,8 +141,7 @@ pub struct Provisioner {
     client: reqwest::Client,
     connectors: Mutex<HashMap<(OrgId, AppId), CachedConnector>>,
     limits: Mutex<HashMap<(OrgId, AppId), Arc<AppLimit>>>,
-    /// When this instance took accounts away, per app, within the breaker's window.
-    taken: Mutex<HashMap<(OrgId, AppId), VecDeque<Instant>>>,
+    breaker: Breaker,
 }
 
 /// What handling one job came to.
@@ -172,11 +156,11 @@ impl Provisioner {
         let client = qm_connectors::scim::http_client(config.call_timeout);
         Arc::new(Provisioner {
             engine,
+            breaker: Breaker::new(config.breaker.clone()),
             config,
             client,
             connectors: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
-            taken: Mutex::new(HashMap::new()),
         })
     }
 
@@ -308,21 +292,21 @@ impl Provisioner {
         &self,
         org: &OrgId,
         grant_id: &GrantId,
-        attempts: u32,
+        attempts: Option<u32>,
         trigger: Position,
         look_first: bool,
     ) -> Result<Handled, ExecuteError> {
         let state = self.engine.org_state(org).await?;
         let Some(grant) = state.grants.get(grant_id) else { return Ok(Handled::Done) };
         // A fact about an older attempt: a newer failure carries the work on.
-        if attempts != u32::MAX && grant.attempts != attempts {
+        if attempts.is_some_and(|a| a != grant.attempts) {
             return Ok(Handled::Done);
         }
         if !state.apps.contains_key(&grant.app) {
             return Ok(Handled::Done);
         }
         match (grant.state, grant.deprovision_cause) {
-            (GrantState::Requested | GrantState::Failed, None) if attempts != u32::MAX => {
+            (GrantState::Requested | GrantState::Failed, None) if attempts.is_some() => {
                 self.provision(org, &state, grant_id, trigger, look_first).await
             }
             (GrantState::Deprovisioning, Some(_)) => {
@@ -424,7 +408,7 @@ impl Provisioner {
         let grant = &state.grants[grant_id];
         let app = &state.apps[&grant.app];
         if !grant.deprovision_confirmed
-            && let Some(reason) = self.breaker_trips(org, state, &grant.app)
+            && let Some(reason) = self.breaker.trips(org, state, &grant.app)
         {
             tracing::warn!(%org, grant = %grant_id, reason, "deprovisioning held");
             let command = Command::RecordDeprovisioningHeld { grant: grant_id.clone(), reason };
@@ -456,49 +440,9 @@ impl Provisioner {
         if let Err(e) = result {
             return self.record_failure(org, grant_id, grant, trigger, &e).await;
         }
-        {
-            let mut taken = self.taken.lock().expect("no panic holds this lock");
-            let times = taken.entry((org.clone(), grant.app.clone())).or_default();
-            if grant.deprovision_confirmed {
-                // An admin saw the wave and let it go: the window starts afresh.
-                times.clear();
-            } else {
-                times.push_back(Instant::now());
-            }
-        }
+        self.breaker.taken(org, &grant.app, grant.deprovision_confirmed);
         let command = Command::RecordAccountDeprovisioned { grant: grant_id.clone() };
         self.record(org, &format!("deprovisioned/{grant_id}"), command).await
-    }
-
-    /// Why the next deprovisioning of `app` must wait for an admin, if it must.
-    fn breaker_trips(&self, org: &OrgId, state: &OrgState, app: &AppId) -> Option<String> {
-        let breaker = &self.config.breaker;
-        let recent = {
-            let mut taken = self.taken.lock().expect("no panic holds this lock");
-            let times = taken.entry((org.clone(), app.clone())).or_default();
-            while times.front().is_some_and(|t| t.elapsed() > breaker.window) {
-                times.pop_front();
-            }
-            times.len()
-        };
-        let of_app = || state.grants.values().filter(|g| &g.app == app);
-        let leaving = of_app()
-            .filter(|g| {
-                !g.deprovision_confirmed
-                    && matches!(g.state, GrantState::Deprovisioning | GrantState::Held)
-            })
-            .count();
-        // The accounts the app had when the window opened, as near as this instance knows.
-        let accounts = of_app().count() + recent;
-        let going = leaving + recent;
-        let trips = going >= breaker.min_accounts && going as f64 > breaker.share * accounts as f64;
-        trips.then(|| {
-            format!(
-                "{going} of {accounts} accounts of {app} would go within {} min; held until an \
-                 admin confirms (ConfirmDeprovisionings)",
-                breaker.window.as_secs().div_ceil(60)
-            )
-        })
     }
 
     /// Records a failed call of the grant's current operation, with its next attempt's time
