@@ -521,3 +521,36 @@ async fn calls_to_one_app_stay_within_its_concurrency_limit() -> anyhow::Result<
     );
     i.running.stop().await
 }
+
+#[tokio::test]
+async fn calls_to_one_app_are_paced_at_its_rate() -> anyhow::Result<()> {
+    let scim = ScimServer::start("t").await?;
+    let proxy = FaultProxy::start(&scim.url()).await?;
+    let config = ProvisionerConfig { per_app_rate: Some(20.0), ..quick_retries() };
+    let mut i = instance(LogConfig::Embedded, config).await?;
+    let people: Vec<String> = (0..8).map(|n| format!("p{n}")).collect();
+    i.org("acme", &people).await?;
+    i.app("acme", "wiki", &proxy.url(), "t").await?;
+    let mut grants = Vec::new();
+    for person in &people {
+        grants.push(i.provision("acme", "wiki", person).await?);
+    }
+    for grant in &grants {
+        i.grant_once("acme", grant, is(v1::GrantState::Active)).await?;
+    }
+    // Every call after the credentials' check started at least 1/20 s after the one before
+    // (a little less allowed for the proxy's own clock reading).
+    let arrivals: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .zip(proxy.arrivals())
+        .filter(|(r, _)| r.starts_with("POST"))
+        .map(|(_, at)| at)
+        .collect();
+    ensure!(arrivals.len() == 8, "{:?}", proxy.requests());
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        ensure!(gap >= Duration::from_millis(45), "calls {gap:?} apart at 20/s");
+    }
+    i.running.stop().await
+}

@@ -172,6 +172,8 @@ struct Script {
     /// Every request matching this gets this fault, until cleared.
     always: Option<(Matching, Fault)>,
     requests: Vec<String>,
+    /// When each request arrived, in order.
+    arrivals: Vec<Instant>,
     held: usize,
     /// Requests being answered now, and the most there ever were at once.
     in_flight: usize,
@@ -236,6 +238,11 @@ impl FaultProxy {
     /// The most requests the proxy was answering at one time.
     pub fn most_in_flight(&self) -> usize {
         self.script().most_in_flight
+    }
+
+    /// When each request arrived, in the order of [`FaultProxy::requests`].
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.script().arrivals.clone()
     }
 
     /// "METHOD path" of every request received, in order.
@@ -335,6 +342,7 @@ async fn serve(
         let plan = {
             let mut script = script.lock().expect("no panic holds this lock");
             script.requests.push(format!("{method} {target}"));
+            script.arrivals.push(Instant::now());
             script.in_flight += 1;
             script.most_in_flight = script.most_in_flight.max(script.in_flight);
             let applies = |m: Matching| m == Matching::Any || (m == Matching::Creates && is_create);
