@@ -228,7 +228,9 @@ fn follow(log: Arc<dyn EventLog>, projector: Arc<Projector>) -> JoinHandle<()> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let from = projector.position();
-            match projector.follow(log.subscribe(from)).await {
+            // Without the head, the views still follow; they just catch up in smaller batches.
+            let head = log.head().await.unwrap_or(from);
+            match projector.follow(log.subscribe(from), head).await {
                 Ok(()) => {
                     tracing::warn!(position = from, "the log's stream ended; following again")
                 }

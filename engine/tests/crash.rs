@@ -77,7 +77,7 @@ async fn a_killed_catch_up_resumes_to_exactly_the_rebuilt_views() -> anyhow::Res
     ensure!(resumed.position() == head);
     let rebuilt = Arc::new(Projector::open(dir.path().join("rebuilt.redb"))?);
     // Follow the whole log into fresh views until they reach the head.
-    let follow = rebuilt.follow(log.subscribe(0));
+    let follow = rebuilt.follow(log.subscribe(0), head);
     tokio::select! {
         result = follow => anyhow::bail!("following ended early: {:?}", result.err().map(|e| e.to_string())),
         reached = rebuilt.wait_for(head, Duration::from_secs(120)) => { reached?; }

@@ -16,8 +16,8 @@ mod views;
 
 pub use apply::ApplyError;
 pub use projector::{
-    DURABLE_EVERY, FollowError, MAX_BATCH, NotYetApplied, OpenError, ProjectError, Projector,
-    ProjectorState, ProjectorStatus,
+    CACHE_BYTES, DURABLE_EVERY, FollowError, MAX_BATCH, NotYetApplied, OpenError, ProjectError,
+    Projector, ProjectorState, ProjectorStatus,
 };
 pub use query::{Page, PageRequest, QueryError, Views};
 pub use views::{

@@ -136,6 +136,7 @@ async fn measure(
     // Each worker provisions person k of each of its organizations in turn; the worker with the
     // fewest organizations needs the most people per organization.
     let per_org = (bench.count / bench.in_flight).div_ceil((bench.orgs / bench.in_flight).max(1));
+    tracing::info!(orgs = orgs.len(), members = per_org, "setting up");
     setup(engine, &orgs, per_org).await?;
     let latency_org: OrgId = id(&format!("g{tag}-latency"));
     setup(engine, std::slice::from_ref(&latency_org), bench.latency_samples).await?;
@@ -160,6 +161,7 @@ async fn measure(
 
     // Throughput: `in_flight` workers, each owning some organizations.
     let per_worker = bench.count / bench.in_flight;
+    tracing::info!(count = per_worker * bench.in_flight, "measuring throughput");
     let started = Instant::now();
     let workers = (0..bench.in_flight).map(|w| {
         let mine: Vec<OrgId> = orgs.iter().skip(w).step_by(bench.in_flight).cloned().collect();
@@ -177,7 +179,9 @@ async fn measure(
     join_all(workers).await.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let ops_per_s = (per_worker * bench.in_flight) as f64 / started.elapsed().as_secs_f64();
 
-    // Light load: one command at a time.
+    // Light load: one command at a time, once the views have applied the burst above.
+    caught_up(engine.log().head().await?).await?;
+    tracing::info!(samples = bench.latency_samples, "measuring latency at light load");
     let mut took = Vec::with_capacity(bench.latency_samples);
     for k in 0..bench.latency_samples {
         let started = Instant::now();
@@ -189,6 +193,7 @@ async fn measure(
 
     let position = engine.log().head().await?;
     caught_up(position).await?;
+    tracing::info!(rate = bench.query_rate, "measuring GetLaunchpad latency");
     let (query_p50_us, query_p99_us) =
         launchpad_latency(&channels, &bearer, &orgs, position, bench.query_rate).await?;
 
@@ -203,6 +208,7 @@ async fn measure(
     let log =
         crate::log::jetstream::JetStreamLog::connect(&bench.nats_url, Default::default()).await?;
     let payload = provision_commit_size(engine, &orgs[0]).await?;
+    tracing::info!("measuring raw JetStream publishes");
     let raw_ops_per_s = raw_publish(&log, &tag, &raw, payload).await?;
     let _ = log.context().delete_stream(format!("QM_BENCH_RAW_{tag}")).await;
 
@@ -240,6 +246,8 @@ async fn provision_commit_size(engine: &Engine, org: &OrgId) -> anyhow::Result<u
 }
 
 /// GetLaunchpad at a steady `rate` per second for two seconds, for people with an account.
+/// Queries are sent evenly spaced by a thread of their own: the runtime's timers tick once a
+/// millisecond, which would send them in bursts.
 async fn launchpad_latency(
     channels: &[Channel],
     bearer: &MetadataValue<tonic::metadata::Ascii>,
@@ -249,26 +257,38 @@ async fn launchpad_latency(
 ) -> anyhow::Result<(f64, f64)> {
     let total = rate * 2;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut queries = Vec::with_capacity(total);
-    for k in 0..total {
-        ticker.tick().await;
-        let mut client = QueryServiceClient::new(channels[k % channels.len()].clone());
-        let mut request = tonic::Request::new(v1::GetLaunchpadRequest {
-            // People provisioned above: the first person of each organization.
-            person_id: format!("{}-p0", orgs[k % orgs.len()]),
-            min_position: position,
-            ..Default::default()
-        });
-        request.metadata_mut().insert("authorization", bearer.clone());
-        queries.push(tokio::spawn(async move {
-            let started = Instant::now();
-            client.get_launchpad(request).await.map(|_| started.elapsed())
-        }));
-    }
+    let queries: Vec<_> = (0..total)
+        .map(|k| {
+            let client = QueryServiceClient::new(channels[k % channels.len()].clone());
+            let mut request = tonic::Request::new(v1::GetLaunchpadRequest {
+                // People provisioned above: the first person of each organization.
+                person_id: format!("{}-p0", orgs[k % orgs.len()]),
+                min_position: position,
+                ..Default::default()
+            });
+            request.metadata_mut().insert("authorization", bearer.clone());
+            (client, request)
+        })
+        .collect();
+    let runtime = tokio::runtime::Handle::current();
+    let sent = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut sent = Vec::with_capacity(queries.len());
+        for (k, (mut client, request)) in queries.into_iter().enumerate() {
+            let due = start + interval.mul_f64(k as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            sent.push(runtime.spawn(async move {
+                let started = Instant::now();
+                client.get_launchpad(request).await.map(|_| started.elapsed())
+            }));
+        }
+        sent
+    })
+    .await?;
     let mut took = Vec::with_capacity(total);
-    for query in queries {
+    for query in sent {
         took.push(query.await??);
     }
     took.sort();

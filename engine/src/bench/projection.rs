@@ -36,7 +36,8 @@ pub struct ProjectionReport {
     pub catchup_per_s: f64,
     /// Messages per second through an ordered consumer alone, same stream, same run.
     pub raw_replay_per_s: f64,
-    /// Rows per second, inserted 1,000 per write transaction into a fresh redb file.
+    /// Rows per second, inserted into a fresh redb file in write transactions of the
+    /// projector's largest batch.
     pub raw_redb_per_s: f64,
     pub catchup_ratio_to_raw_replay: f64,
     pub rebuild_s: f64,
@@ -45,7 +46,12 @@ pub struct ProjectionReport {
     pub query_p99_us: f64,
     pub launchpad_p99_us: f64,
     pub who_has_access_p99_us: f64,
+    /// Resident set size once the catch-up is done, after the rebuild's swap, and at the end.
+    pub rss_after_catchup_mb: f64,
+    pub rss_after_rebuild_mb: f64,
     pub rss_mb: f64,
+    /// The most this process held resident at any point of the run, publishing included.
+    pub peak_rss_mb: f64,
 }
 
 pub async fn run(bench: ProjectionBench) -> anyhow::Result<ProjectionReport> {
@@ -72,19 +78,25 @@ async fn measure(
     dir: &std::path::Path,
 ) -> anyhow::Result<ProjectionReport> {
     let mut history = Synthetic::new(&format!("b{tag}"), bench.orgs);
+    tracing::info!(events = bench.events, "publishing a synthetic history");
     let commits = publish(log, &mut history, bench.events).await?;
     let head = log.head().await?;
 
+    tracing::info!("measuring a raw ordered replay and raw redb inserts");
     let raw_replay_per_s = raw_replay(log, head).await?;
     let raw_redb_per_s = raw_redb(&dir.join("raw.redb"), bench.events)?;
 
+    tracing::info!("measuring catch-up");
     let started = Instant::now();
     let read_side = ReadSide::start(log.clone(), &dir.join("views"))?;
     read_side.projector().wait_for(head, Duration::from_secs(600)).await?;
     let catchup_per_s = bench.events as f64 / started.elapsed().as_secs_f64();
+    let rss_after_catchup_mb = rss_mb("VmRSS");
 
+    tracing::info!("measuring a rebuild");
     let rebuild = read_side.rebuild(|_| {}).await?;
     let rebuild_s = rebuild.elapsed.as_secs_f64();
+    let rss_after_rebuild_mb = rss_mb("VmRSS");
 
     let keys = Arc::new(KvKeyStore::open(log.context(), keys_bucket, 1).await?);
     let engine = Engine::new(
@@ -92,6 +104,7 @@ async fn measure(
         Arc::new(Sealer::new(MasterKey::generate(), keys)),
         EngineConfig::default(),
     );
+    tracing::info!("measuring acknowledgement to visibility and queries");
     let (ack_p50, ack_p99) = ack_to_visible(&engine, &read_side, 1000).await?;
 
     let orgs: Vec<OrgId> = history.org_ids().cloned().collect();
@@ -111,7 +124,10 @@ async fn measure(
         query_p99_us,
         launchpad_p99_us,
         who_has_access_p99_us,
-        rss_mb: rss_mb(),
+        rss_after_catchup_mb,
+        rss_after_rebuild_mb,
+        rss_mb: rss_mb("VmRSS"),
+        peak_rss_mb: rss_mb("VmHWM"),
     })
 }
 
@@ -132,17 +148,19 @@ async fn raw_replay(log: &JetStreamLog, head: Position) -> anyhow::Result<f64> {
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
-/// `rows` rows of about a view row's size, 1,000 per write transaction.
+/// `rows` rows of about a view row's size, in write transactions as large as the projector's
+/// and with the same cache.
 fn raw_redb(path: &std::path::Path, rows: usize) -> anyhow::Result<f64> {
     const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("rows");
-    let db = Database::create(path)?;
+    let db = Database::builder().set_cache_size(qm_projections::CACHE_BYTES).create(path)?;
     let value = [0x5au8; 120];
     let started = Instant::now();
-    for chunk in (0..rows as u64).collect::<Vec<_>>().chunks(1000) {
+    let batch = qm_projections::MAX_BATCH as u64;
+    for first in (0..rows as u64).step_by(batch as usize) {
         let write = db.begin_write()?;
         {
             let mut table = write.open_table(TABLE)?;
-            for key in chunk {
+            for key in first..(first + batch).min(rows as u64) {
                 table.insert(key, value.as_slice())?;
             }
         }
@@ -215,12 +233,13 @@ fn queries(read_side: &ReadSide, orgs: &[OrgId], count: usize) -> anyhow::Result
     Ok((percentile_us(&launchpad, 0.99), percentile_us(&access, 0.99), percentile_us(&all, 0.99)))
 }
 
-/// The resident set size of this process, in MiB (Linux; 0 elsewhere).
-fn rss_mb() -> f64 {
+/// A memory figure of this process from `/proc/self/status` (`VmRSS`, the resident set now;
+/// `VmHWM`, its peak), in MiB (Linux; 0 elsewhere).
+fn rss_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
