@@ -41,6 +41,9 @@ const LINGER_UNTIL: usize = 1024;
 /// While catching up, a write transaction stays open for more commits until it holds
 /// [`MAX_BATCH`] of them or has been open this long, so that progress shows.
 const CATCH_UP_COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// A catching-up follower that receives nothing for this long is caught up, whatever the head
+/// it was given said.
+const CATCH_UP_GAP: Duration = Duration::from_millis(50);
 /// redb's page cache per views file, its write buffer included. A rebuild holds two files
 /// open. With catch-up transactions of [`MAX_BATCH`] commits a larger cache buys little
 /// (measured at 1M events: 112k commits/s at 32 MiB, 118k at 48 MiB, for 55 MB more).
@@ -312,7 +315,7 @@ impl Projector {
     fn apply_all<E>(
         &self,
         mut receiver: mpsc::Receiver<Vec<Result<RecordedCommit, E>>>,
-        catch_up_to: Position,
+        mut catch_up_to: Position,
         runtime: &tokio::runtime::Handle,
     ) -> Result<(), FollowError<E>> {
         // When the last transaction committed, and how many commits it took.
@@ -360,10 +363,24 @@ impl Projector {
                             if progress.applied as usize >= linger_until || caught_up {
                                 break;
                             }
-                            let next = tokio::time::timeout_at(deadline, receiver.recv());
-                            match runtime.block_on(next) {
+                            // Catching up, a pause in the stream means the head it was
+                            // given is not coming soon (a slow log, or a head that counted
+                            // more than the stream delivers): stop waiting for it, so that
+                            // commits become visible without delay.
+                            let wait = if catching_up {
+                                deadline.min(tokio::time::Instant::now() + CATCH_UP_GAP)
+                            } else {
+                                deadline
+                            };
+                            match runtime.block_on(tokio::time::timeout_at(wait, receiver.recv())) {
                                 Ok(Some(next)) => next,
-                                _ => break,
+                                Ok(None) => break,
+                                Err(_) => {
+                                    if catching_up && tokio::time::Instant::now() < deadline {
+                                        catch_up_to = progress.position;
+                                    }
+                                    break;
+                                }
                             }
                         }
                     };

@@ -455,3 +455,49 @@ async fn waiting_for_a_position_ends_when_it_is_applied_or_names_the_current_one
     p.apply(&h.commits).unwrap();
     assert_eq!(waiter.await.unwrap(), Ok(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_catches_up_then_applies_live_commits_and_stops_on_a_broken_stream() {
+    use futures::SinkExt;
+    use std::time::Duration;
+
+    let mut h = History::new();
+    for o in 0..40 {
+        let org = format!("o{o}");
+        org_with_app(&mut h, &org);
+        for g in 0..5 {
+            grant(&mut h, &org, &format!("g{o}x{g}"), "bob");
+        }
+    }
+    let (backlog, live) = h.commits.split_at(h.commits.len() - 10);
+    let head = backlog.last().unwrap().position;
+    let dir = tempfile::tempdir().unwrap();
+    let p = std::sync::Arc::new(Projector::open(dir.path().join("views.redb")).unwrap());
+
+    // The head given is past anything the stream will bring before the live commits: the
+    // views must not wait for it to show what they have.
+    let (mut sender, commits) =
+        futures::channel::mpsc::channel::<Result<RecordedCommit, String>>(8);
+    let follower = {
+        let p = p.clone();
+        tokio::spawn(async move { p.follow(commits, head + 1_000).await })
+    };
+    for commit in backlog {
+        sender.send(Ok(commit.clone())).await.unwrap();
+    }
+    assert_eq!(p.wait_for(head, Duration::from_secs(10)).await, Ok(head));
+    for commit in live {
+        sender.send(Ok(commit.clone())).await.unwrap();
+        let at = commit.position;
+        assert_eq!(p.wait_for(at, Duration::from_secs(10)).await, Ok(at), "live commit {at}");
+    }
+    sender.send(Err("the log went away".into())).await.unwrap();
+    match follower.await.unwrap() {
+        Err(FollowError::Source(e)) => assert_eq!(e, "the log went away"),
+        other => panic!("expected the stream's error, got {:?}", other.map_err(|e| e.to_string())),
+    }
+    assert_eq!(p.position(), h.position, "everything before the error is applied");
+
+    let (_dir, whole) = project(&h);
+    assert_eq!(p.views().unwrap().dump().unwrap(), whole.views().unwrap().dump().unwrap());
+}
