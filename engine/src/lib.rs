@@ -5,10 +5,12 @@
 //! ([`sealing`]), the read side that feeds the views from the log ([`read_side`]), the gRPC
 //! facade ([`api`]) and its metrics ([`metrics`]), the provisioner that creates and removes
 //! accounts in the apps ([`provisioner`]), a running instance wired together
-//! ([`server`]), the demo ([`demo`]) and the benchmarks ([`bench`]). The `quartermaster` binary
+//! ([`server`]), the verification of the log's hash chains ([`audit`]), the demo ([`demo`]) and
+//! the benchmarks ([`bench`]). The `quartermaster` binary
 //! in `main.rs` turns the command line into calls of these.
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod handler;

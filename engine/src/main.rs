@@ -38,6 +38,9 @@ enum Commands {
     /// The read side's views: status, catching up, rebuilding.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// For auditors: whether the event log can be trusted.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Serves the gRPC API: on the embedded log in the data directory by default, on JetStream
     /// with --nats-url.
     Serve(ServeArgs),
@@ -131,6 +134,22 @@ enum ProjectionsCommand {
     CatchUp(Storage),
     /// Rebuilds the views from position 0 into a new file, then swaps it in.
     Rebuild(Storage),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Reads the whole log and checks every organization's hash chain; exits non-zero, naming
+    /// the organization and position, at the first broken link.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    storage: Storage,
+    /// Also print each organization's last position and hash, to compare with a later run.
+    #[arg(long)]
+    heads: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
             print_report(&report, args.json)
         }
         Commands::Projections(command) => projections(command).await,
+        Commands::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Commands::Serve(args) => serve(args).await,
         Commands::Demo => qm_engine::demo::run().await,
         Commands::HashToken => {
@@ -393,6 +413,43 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
             )]);
         }
     }
+    Ok(())
+}
+
+async fn audit_verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let log = open_log(&args.storage).await?;
+    let started = std::time::Instant::now();
+    let mut last_drawn = started;
+    let verified = qm_engine::audit::verify(log.as_ref(), |position, head| {
+        if last_drawn.elapsed() >= Duration::from_millis(200) {
+            last_drawn = std::time::Instant::now();
+            let rate = position as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            draw_progress(position, head, rate, false);
+        }
+    })
+    .await;
+    if started.elapsed() >= Duration::from_millis(200) {
+        eprintln!();
+    }
+    let verified = verified?;
+    let orgs = verified.organizations.len();
+    let mut lines = vec![format!(
+        "verified {} commits of {orgs} organization{} up to position {}: every chain is intact",
+        verified.commits,
+        if orgs == 1 { "" } else { "s" },
+        verified.head
+    )];
+    if args.heads {
+        lines.extend(verified.organizations.iter().map(|(org, head)| {
+            format!(
+                "{org} commits {} last position {} hash {}",
+                head.commits,
+                head.position,
+                hex::encode(head.hash)
+            )
+        }));
+    }
+    print_lines(&lines);
     Ok(())
 }
 
