@@ -41,7 +41,9 @@ pub enum AuditError {
 }
 
 /// Reads the whole log in order, up to its head when the verification began, and checks every
-/// link. `progress` hears each position reached, with the head.
+/// link: the rule of [`qm_proto::verify_chain`], applied in one pass to every organization's
+/// commits as they interleave in the log. `progress` hears each position reached, with the
+/// head.
 pub async fn verify(
     log: &dyn EventLog,
     mut progress: impl FnMut(Position, Position),
